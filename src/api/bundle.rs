@@ -1,0 +1,128 @@
+//! `POST [base]` with a `transaction` or `batch` Bundle (R4 `http.html`
+//! §3.1.0.11): the Bundle's entries become pipeline entries; the answer is a
+//! `transaction-response` / `batch-response` Bundle with `response.status`,
+//! `location`, `etag` and `lastModified` per entry, in request order. A
+//! failing transaction is answered with the failing entry's status and an
+//! OperationOutcome that names the entry; nothing is stored.
+//!
+//! Entry resources are included when `Prefer: return=representation`;
+//! by default responses are minimal (status, location, etag).
+
+use super::error::ApiError;
+use super::negotiate::{fhir_response, prefer};
+use super::{AppState, Req};
+use crate::fhir::{datetime, json, IssueType};
+use crate::pipeline::{Entry, EntryResult, Method, Pipeline, PipelineError, ReturnPref};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{json, Map, Value};
+
+fn status_text(s: u16) -> String {
+    let reason = StatusCode::from_u16(s).ok().and_then(|c| c.canonical_reason()).unwrap_or("");
+    format!("{s} {reason}").trim().to_owned()
+}
+
+fn invalid_entry(i: usize, msg: impl Into<String>) -> ApiError {
+    ApiError::Pipeline(PipelineError::BadRequest(crate::fhir::OperationOutcome::error(IssueType::Invalid, msg)).in_entry(i))
+}
+
+pub async fn post_bundle(app: &AppState, r: &Req) -> Result<Response, ApiError> {
+    if r.body.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, IssueType::Required, "request body is empty"));
+    }
+    let v = json::parse(&r.body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, IssueType::Structure, e))?;
+    if json::resource_type(&v) != Some("Bundle") {
+        return Err(ApiError::bad_request("POST to the base takes a Bundle of type transaction or batch"));
+    }
+    let btype = v.get("type").and_then(Value::as_str).unwrap_or("");
+    let is_tx = match btype {
+        "transaction" => true,
+        "batch" => false,
+        other => return Err(ApiError::bad_request(format!("Bundle.type '{other}' cannot be processed; send transaction or batch"))),
+    };
+    let Value::Object(mut bundle) = v else { unreachable!("checked resourceType") };
+    let entries_v = match bundle.remove("entry") {
+        Some(Value::Array(a)) => a,
+        None => vec![],
+        Some(_) => return Err(ApiError::bad_request("Bundle.entry must be an array")),
+    };
+    let mut entries = Vec::with_capacity(entries_v.len());
+    for (i, e) in entries_v.into_iter().enumerate() {
+        let Value::Object(mut e) = e else { return Err(invalid_entry(i, "entry must be an object")) };
+        let Some(Value::Object(req)) = e.remove("request") else { return Err(invalid_entry(i, "entry.request is required in a transaction/batch")) };
+        let method = req
+            .get("method")
+            .and_then(Value::as_str)
+            .and_then(Method::parse)
+            .ok_or_else(|| invalid_entry(i, "entry.request.method must be GET, HEAD, POST, PUT, DELETE or PATCH"))?;
+        let url = req.get("url").and_then(Value::as_str).ok_or_else(|| invalid_entry(i, "entry.request.url is required"))?;
+        let url = url.strip_prefix(&format!("{}/", r.base)).unwrap_or(url).to_owned();
+        let s = |k: &str| req.get(k).and_then(Value::as_str).map(str::to_owned);
+        let resource = e.remove("resource");
+        if matches!(method, Method::Post | Method::Put) && resource.is_none() {
+            return Err(invalid_entry(i, format!("entry with {method:?} needs a resource")));
+        }
+        entries.push(Entry {
+            method,
+            url,
+            full_url: e.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
+            resource,
+            if_none_exist: s("ifNoneExist"),
+            if_match: s("ifMatch"),
+        });
+    }
+    let (ret, _) = prefer(&r.headers);
+    let include_resources = ret == Some(ReturnPref::Representation);
+    let pipe = Pipeline::new(&app.services);
+    let results: Vec<Value> = if is_tx {
+        let res = pipe.transaction(entries).await?;
+        res.into_iter().map(|x| entry_json(&r.base, x, include_resources)).collect()
+    } else {
+        pipe.batch(entries)
+            .await
+            .into_iter()
+            .map(|x| match x {
+                Ok(x) => entry_json(&r.base, x, include_resources),
+                Err(e) => {
+                    let (status, oo) = ApiError::Pipeline(e).status_and_outcome();
+                    json!({"response": {"status": status_text(status.as_u16()), "outcome": oo.to_json()}})
+                }
+            })
+            .collect()
+    };
+    let out = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": datetime::format_instant(datetime::now_micros())},
+        "type": if is_tx { "transaction-response" } else { "batch-response" },
+        "entry": results,
+    });
+    Ok(fhir_response(StatusCode::OK, serde_json::to_vec(&out).unwrap_or_default(), r.pretty))
+}
+
+fn entry_json(base: &str, x: EntryResult, include_resource: bool) -> Value {
+    let mut resp = Map::new();
+    resp.insert("status".into(), Value::String(status_text(x.status)));
+    if let Some(loc) = &x.location {
+        resp.insert("location".into(), Value::String(loc.clone()));
+    }
+    if let (Some(v), true) = (x.version, x.status != 204) {
+        resp.insert("etag".into(), Value::String(format!("W/\"{v}\"")));
+    }
+    if let Some(lm) = x.last_modified {
+        resp.insert("lastModified".into(), Value::String(datetime::format_instant(lm)));
+    }
+    let mut e = Map::new();
+    if let Some((t, id)) = &x.target {
+        e.insert("fullUrl".into(), Value::String(format!("{base}/{t}/{id}")));
+    }
+    if include_resource {
+        if let Some(b) = &x.body {
+            if let Ok(v) = serde_json::from_slice::<Value>(b) {
+                e.insert("resource".into(), v);
+            }
+        }
+    }
+    e.insert("response".into(), Value::Object(resp));
+    Value::Object(e)
+}

@@ -1,0 +1,101 @@
+//! The single mapping from every module's errors to HTTP status codes
+//! (R4 `http.html` status codes; `operationoutcome.html`). Every error leaves
+//! as an OperationOutcome; server faults are logged without patient data and
+//! answered 500 with a generic message.
+
+use super::negotiate::fhir_response;
+use crate::fhir::{IssueType, OperationOutcome};
+use crate::pipeline::PipelineError;
+use crate::read::ReadError;
+use crate::search::SearchError;
+use crate::store::StoreError;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug)]
+pub enum ApiError {
+    Pipeline(PipelineError),
+    Read(ReadError),
+    /// a client error decided by the api layer itself
+    Status(StatusCode, OperationOutcome),
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: IssueType, msg: impl Into<String>) -> Self {
+        ApiError::Status(status, OperationOutcome::error(code, msg))
+    }
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, IssueType::Invalid, msg)
+    }
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, IssueType::NotFound, msg)
+    }
+
+    pub fn status_and_outcome(&self) -> (StatusCode, OperationOutcome) {
+        match self {
+            ApiError::Status(s, o) => (*s, o.clone()),
+            ApiError::Pipeline(e) => {
+                let s = match e {
+                    PipelineError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                    PipelineError::NotFound(_) => StatusCode::NOT_FOUND,
+                    PipelineError::Gone(_) => StatusCode::GONE,
+                    PipelineError::Conflict(_) => StatusCode::CONFLICT,
+                    PipelineError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+                    PipelineError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                    PipelineError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+                    PipelineError::NotSupported(_) => StatusCode::BAD_REQUEST,
+                    PipelineError::Store(se) => store_status(se),
+                };
+                (s, e.outcome())
+            }
+            ApiError::Read(ReadError::Search(e)) => {
+                let code = match e {
+                    SearchError::Unsupported(_) => IssueType::NotSupported,
+                    _ => IssueType::Invalid,
+                };
+                (StatusCode::BAD_REQUEST, OperationOutcome::error(code, e.to_string()))
+            }
+            ApiError::Read(ReadError::Store(se)) => {
+                (store_status(se), OperationOutcome::error(IssueType::Exception, "internal storage error"))
+            }
+        }
+    }
+}
+
+fn store_status(e: &StoreError) -> StatusCode {
+    match e {
+        StoreError::Conflict(_) => StatusCode::CONFLICT,
+        _ => {
+            tracing::error!(error = %e, "storage failure");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+impl From<PipelineError> for ApiError {
+    fn from(e: PipelineError) -> Self {
+        ApiError::Pipeline(e)
+    }
+}
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        ApiError::Read(e)
+    }
+}
+impl From<SearchError> for ApiError {
+    fn from(e: SearchError) -> Self {
+        ApiError::Read(ReadError::Search(e))
+    }
+}
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Read(ReadError::Store(e))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, oo) = self.status_and_outcome();
+        fhir_response(status, serde_json::to_vec(&oo.to_json()).unwrap_or_default(), false)
+    }
+}

@@ -1,0 +1,248 @@
+//! HTTP only: routing, content negotiation, headers, status codes (FHIR R4
+//! `http.html`). One file per interaction group; the single error → status
+//! mapping is `error.rs`. Handlers translate HTTP into calls of the write
+//! pipeline (`pipeline`) or the read path (`read`, `store` lookups) and back.
+//!
+//! Routing is done by one dispatcher over the FHIR URL patterns
+//! (`[type]`, `[type]/[id]`, `…/_history[/vid]`, `[type]/_search`,
+//! `_history`, `metadata`, `/`), so that unknown types answer 404 and wrong
+//! methods 405, each with an OperationOutcome.
+//!
+//! Invariant: no handler writes to the store except through `pipeline`.
+
+mod bundle;
+mod crud;
+pub mod error;
+mod history;
+mod metadata;
+pub mod negotiate;
+mod search;
+
+use crate::fhir::IssueType;
+use crate::services::Services;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use error::ApiError;
+use std::sync::Arc;
+
+/// Server settings the API needs.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Public base URL (e.g. `https://gw.example.org/fhir`); derived from `Host` when unset.
+    pub base_url: Option<String>,
+    /// Request bodies over this many bytes are answered 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+pub struct AppState {
+    pub services: Services,
+    pub config: ApiConfig,
+}
+
+pub type Shared = Arc<AppState>;
+
+pub fn router(state: Shared) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+/// What every handler gets: method, path segments, query pairs, headers, body.
+pub struct Req {
+    pub method: Method,
+    pub segs: Vec<String>,
+    pub query: Vec<(String, String)>,
+    pub headers: HeaderMap,
+    pub body: bytes::Bytes,
+    pub base: String,
+    pub pretty: bool,
+}
+
+impl Req {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+fn base_url(cfg: &ApiConfig, headers: &HeaderMap) -> String {
+    if let Some(b) = &cfg.base_url {
+        return b.trim_end_matches('/').to_owned();
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+async fn dispatch(State(app): State<Shared>, req: Request) -> Response {
+    match handle(&app, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn read_body(app: &AppState, body: Body, headers: &HeaderMap) -> Result<bytes::Bytes, ApiError> {
+    let limit = app.config.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            IssueType::TooLong,
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut src: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(s) = src {
+            if s.to_string().contains("length limit") {
+                return too_large();
+            }
+            src = s.source();
+        }
+        ApiError::bad_request(format!("could not read request body: {e}"))
+    })
+}
+
+async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let query: Vec<(String, String)> = parts
+        .uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+        .unwrap_or_default();
+    let format = query.iter().find(|(k, _)| k == "_format").map(|(_, v)| v.as_str());
+    negotiate::check_accept(&parts.headers, format)?;
+    let path = parts.uri.path().trim_matches('/');
+    let segs: Vec<String> = if path.is_empty() {
+        vec![]
+    } else {
+        path.split('/')
+            .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+            .collect()
+    };
+    let has_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+    let body = if has_body {
+        let b = read_body(app, body, &parts.headers).await?;
+        let is_form_search = segs.last().map(|s| s == "_search").unwrap_or(false);
+        if !is_form_search && !b.is_empty() {
+            negotiate::check_content_type(&parts.headers)?;
+        }
+        b
+    } else {
+        bytes::Bytes::new()
+    };
+    let pretty = query.iter().any(|(k, v)| k == "_pretty" && v == "true");
+    let r = Req { method: parts.method.clone(), base: base_url(&app.config, &parts.headers), segs, query, headers: parts.headers, body, pretty };
+    route(app, r).await
+}
+
+fn method_not_allowed(r: &Req) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        IssueType::NotSupported,
+        format!("{} is not allowed on /{}", r.method, r.segs.join("/")),
+    )
+}
+
+fn check_type(app: &AppState, t: &str) -> Result<(), ApiError> {
+    if t.starts_with('$') {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, IssueType::NotSupported, format!("operation '{t}' is not supported")));
+    }
+    if !app.services.registry.is_type(t) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, IssueType::NotSupported, format!("unknown resource type '{t}'")));
+    }
+    Ok(())
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if id.starts_with('$') {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, IssueType::NotSupported, format!("operation '{id}' is not supported")));
+    }
+    if !crate::fhir::is_valid_id(id) {
+        return Err(ApiError::bad_request(format!("'{id}' is not a valid resource id")));
+    }
+    Ok(())
+}
+
+async fn route(app: &AppState, r: Req) -> Result<Response, ApiError> {
+    let segs: Vec<&str> = r.segs.iter().map(String::as_str).collect();
+    let m = r.method.clone();
+    let get = m == Method::GET || m == Method::HEAD;
+    match segs.as_slice() {
+        [] if m == Method::POST => bundle::post_bundle(app, &r).await,
+        [] => Err(method_not_allowed(&r)),
+        ["metadata"] if get => metadata::capability_statement(app, &r),
+        ["metadata"] => Err(method_not_allowed(&r)),
+        ["_history"] if get => history::history(app, &r, None, None).await,
+        ["_history"] => Err(method_not_allowed(&r)),
+        [t, ..] if t.starts_with('$') || t.starts_with('_') => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            IssueType::NotSupported,
+            format!("'{t}' is not supported at the system level"),
+        )),
+        [t] => {
+            check_type(app, t)?;
+            match m {
+                _ if get => search::search(app, &r, t).await,
+                Method::POST => crud::create(app, &r, t).await,
+                Method::PUT => crud::conditional_update(app, &r, t).await,
+                Method::DELETE => crud::conditional_delete(app, &r, t).await,
+                _ => Err(method_not_allowed(&r)),
+            }
+        }
+        [t, "_search"] => {
+            check_type(app, t)?;
+            if m == Method::POST {
+                search::search(app, &r, t).await
+            } else {
+                Err(method_not_allowed(&r))
+            }
+        }
+        [t, "_history"] => {
+            check_type(app, t)?;
+            if get {
+                history::history(app, &r, Some(t), None).await
+            } else {
+                Err(method_not_allowed(&r))
+            }
+        }
+        [t, id] => {
+            check_type(app, t)?;
+            check_id(id)?;
+            match m {
+                _ if get => crud::read(app, &r, t, id).await,
+                Method::PUT => crud::update(app, &r, t, id).await,
+                Method::DELETE => crud::delete(app, &r, t, id).await,
+                _ => Err(method_not_allowed(&r)),
+            }
+        }
+        [t, id, "_history"] => {
+            check_type(app, t)?;
+            check_id(id)?;
+            if get {
+                history::history(app, &r, Some(t), Some(id)).await
+            } else {
+                Err(method_not_allowed(&r))
+            }
+        }
+        [t, id, "_history", vid] => {
+            check_type(app, t)?;
+            check_id(id)?;
+            if get {
+                crud::vread(app, &r, t, id, vid).await
+            } else {
+                Err(method_not_allowed(&r))
+            }
+        }
+        _ => Err(ApiError::not_found(format!("no FHIR endpoint at /{}", r.segs.join("/")))),
+    }
+}

@@ -1,0 +1,253 @@
+//! `carebridge bench …`: throughput and latency figures (printed, never
+//! asserted). Each benchmark targets `--server URL`, or starts an in-process
+//! gateway on a temporary SQLite database on a free loopback port. For load
+//! from a separate process, see README (wrk, hyperfine).
+//!
+//! * `ingest` — Synthea transaction bundles posted by N concurrent clients;
+//!   resources/s, beside the rate at which the same bytes merely parse with
+//!   serde_json (the ceiling).
+//! * `read` — GET by id at C concurrent clients: req/s, p50, p99.
+//! * `search` — token + date searches over generated Observations
+//!   (default 100,000): req/s, p50, p99.
+
+use super::percentile;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Target {
+    pub base: String,
+    _server: Option<crate::server::Running>,
+    _dir: Option<PathBuf>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(d) = &self._dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Use `server`, or start an in-process gateway on a fresh SQLite file.
+pub async fn target(server: Option<String>) -> Result<Target, String> {
+    if let Some(s) = server {
+        return Ok(Target { base: s.trim_end_matches('/').to_owned(), _server: None, _dir: None });
+    }
+    let dir = std::env::temp_dir().join(format!("carebridge-bench-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let opts = crate::server::ServerOptions {
+        database_url: format!("sqlite:{}", dir.join("bench.db").display()),
+        package_cache: None,
+        api: Default::default(),
+    };
+    let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
+    let running = crate::server::start(services, opts.api, "127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    println!("in-process gateway at {} (SQLite, {})", running.base_url(), dir.display());
+    Ok(Target { base: running.base_url(), _server: Some(running), _dir: Some(dir) })
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("http client")
+}
+
+pub async fn ingest(server: Option<String>, dir: PathBuf, concurrency: usize, limit: Option<usize>) -> Result<(), String> {
+    let mut files = super::collect_files(&[dir.clone()], &[".json"]).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if let Some(l) = limit {
+        files.truncate(l);
+    }
+    if files.is_empty() {
+        return Err(format!("no bundles in {}", dir.display()));
+    }
+    let bodies: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let total_bytes: usize = bodies.iter().map(Vec::len).sum();
+    // ceiling: parse only
+    let t0 = Instant::now();
+    let mut resources = 0usize;
+    for b in &bodies {
+        let v: Value = serde_json::from_slice(b).map_err(|e| e.to_string())?;
+        resources += v.get("entry").and_then(Value::as_array).map_or(0, Vec::len);
+    }
+    let parse_s = t0.elapsed().as_secs_f64();
+    let t = target(server).await?;
+    let c = client();
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (bodies, next, c, base) = (bodies.clone(), next.clone(), c.clone(), t.base.clone());
+        set.spawn(async move {
+            let mut errors = 0usize;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(b) = bodies.get(i) else { break };
+                let r = c.post(&base).header("content-type", "application/fhir+json").body(b.clone()).send().await;
+                match r {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                    }
+                    Ok(r) => {
+                        errors += 1;
+                        eprintln!("bundle {i}: HTTP {}: {}", r.status(), r.text().await.unwrap_or_default().chars().take(200).collect::<String>());
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        eprintln!("bundle {i}: {e}");
+                    }
+                }
+            }
+            errors
+        });
+    }
+    let mut errors = 0;
+    while let Some(r) = set.join_next().await {
+        errors += r.unwrap_or(1);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("bench ingest: {} bundles, {resources} resources, {:.1} MB, {concurrency} clients", files.len(), total_bytes as f64 / 1e6);
+    println!("  ingest:       {:>10.0} resources/s  ({secs:.2} s, {errors} failed bundles)", resources as f64 / secs);
+    println!("  parse only:   {:>10.0} resources/s  ({parse_s:.2} s, serde_json ceiling)", resources as f64 / parse_s);
+    Ok(())
+}
+
+async fn load_generator(base: &str, urls: Arc<Vec<String>>, concurrency: usize, duration: Duration) -> (usize, usize, Vec<u64>) {
+    let c = client();
+    let deadline = Instant::now() + duration;
+    let mut set = tokio::task::JoinSet::new();
+    for w in 0..concurrency.max(1) {
+        let (c, urls, base) = (c.clone(), urls.clone(), base.to_owned());
+        set.spawn(async move {
+            let mut lat = Vec::with_capacity(100_000);
+            let (mut ok, mut err) = (0usize, 0usize);
+            let mut i = w * 7919;
+            while Instant::now() < deadline {
+                i = (i + 104_729) % urls.len();
+                let t = Instant::now();
+                match c.get(format!("{base}/{}", urls[i])).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        ok += 1;
+                    }
+                    _ => err += 1,
+                }
+                lat.push(t.elapsed().as_micros() as u64);
+            }
+            (ok, err, lat)
+        });
+    }
+    let (mut ok, mut err, mut lat) = (0, 0, vec![]);
+    while let Some(Ok((o, e, l))) = set.join_next().await {
+        ok += o;
+        err += e;
+        lat.extend(l);
+    }
+    lat.sort_unstable();
+    (ok, err, lat)
+}
+
+fn report(name: &str, ok: usize, err: usize, lat: &[u64], secs: f64) {
+    println!(
+        "bench {name}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({ok} ok, {err} failed, {secs:.1} s)",
+        ok as f64 / secs,
+        percentile(lat, 0.50) as f64 / 1000.0,
+        percentile(lat, 0.99) as f64 / 1000.0,
+        lat.last().copied().unwrap_or(0) as f64 / 1000.0
+    );
+}
+
+async fn post_tx(c: &reqwest::Client, base: &str, entries: Vec<Value>) -> Result<Value, String> {
+    let b = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let r = c.post(base).header("content-type", "application/fhir+json").body(serde_json::to_vec(&b).unwrap_or_default()).send().await.map_err(|e| e.to_string())?;
+    let status = r.status();
+    let v: Value = r.json_bytes().await?;
+    if !status.is_success() {
+        return Err(format!("seeding failed: HTTP {status}: {v}"));
+    }
+    Ok(v)
+}
+
+trait JsonBytes {
+    async fn json_bytes(self) -> Result<Value, String>;
+}
+impl JsonBytes for reqwest::Response {
+    async fn json_bytes(self) -> Result<Value, String> {
+        let b = self.bytes().await.map_err(|e| e.to_string())?;
+        serde_json::from_slice(&b).map_err(|e| e.to_string())
+    }
+}
+
+pub async fn read(server: Option<String>, resources: usize, concurrency: usize, seconds: u64) -> Result<(), String> {
+    let t = target(server).await?;
+    let c = client();
+    let mut urls = Vec::with_capacity(resources);
+    for chunk_start in (0..resources).step_by(500) {
+        let n = (resources - chunk_start).min(500);
+        let entries: Vec<Value> = (0..n)
+            .map(|i| {
+                let k = chunk_start + i;
+                json!({"resource": {"resourceType": "Patient", "identifier": [{"system": "urn:bench", "value": k.to_string()}],
+                    "name": [{"family": format!("Bench{k}"), "given": ["Pat"]}], "gender": "female", "birthDate": "1970-01-01"},
+                    "request": {"method": "POST", "url": "Patient"}})
+            })
+            .collect();
+        let out = post_tx(&c, &t.base, entries).await?;
+        for e in out.get("entry").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(loc) = e.pointer("/response/location").and_then(Value::as_str) {
+                let parts: Vec<&str> = loc.split('/').collect();
+                urls.push(format!("{}/{}", parts[0], parts[1]));
+            }
+        }
+    }
+    println!("seeded {} Patients; reading with {concurrency} clients for {seconds} s", urls.len());
+    let (ok, err, lat) = load_generator(&t.base, Arc::new(urls), concurrency, Duration::from_secs(seconds)).await;
+    report("read", ok, err, &lat, seconds as f64);
+    Ok(())
+}
+
+pub async fn search(server: Option<String>, observations: usize, concurrency: usize, seconds: u64) -> Result<(), String> {
+    let t = target(server).await?;
+    let c = client();
+    let codes = ["8867-4", "8480-6", "8462-4", "29463-7", "8302-2", "2339-0", "718-7", "4548-4", "2093-3", "39156-5"];
+    let started = Instant::now();
+    let mut seed: u64 = 42;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let batch = 1000;
+    for chunk_start in (0..observations).step_by(batch) {
+        let n = (observations - chunk_start).min(batch);
+        let entries: Vec<Value> = (0..n)
+            .map(|_| {
+                let code = codes[(rnd() % codes.len() as u64) as usize];
+                let day = rnd() % 730;
+                let (y, m, d) = crate::fhir::datetime::civil_from_days(19_723 + day as i64); // from 2024-01-01
+                json!({"resource": {"resourceType": "Observation", "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                    "subject": {"reference": format!("Patient/p{}", rnd() % 1000)},
+                    "effectiveDateTime": format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:00Z", rnd() % 24, rnd() % 60),
+                    "valueQuantity": {"value": (rnd() % 2000) as f64 / 10.0, "unit": "1", "system": "http://unitsofmeasure.org", "code": "1"}},
+                    "request": {"method": "POST", "url": "Observation"}})
+            })
+            .collect();
+        post_tx(&c, &t.base, entries).await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("seeded {observations} Observations in {secs:.1} s ({:.0} resources/s)", observations as f64 / secs);
+    let mut urls = vec![];
+    for i in 0..200 {
+        let code = codes[i % codes.len()];
+        let day = (i * 37) % 700;
+        let (y, m, d) = crate::fhir::datetime::civil_from_days(19_723 + day as i64);
+        let (y2, m2, d2) = crate::fhir::datetime::civil_from_days(19_723 + day as i64 + 7);
+        urls.push(format!("Observation?code=http://loinc.org|{code}&date=ge{y:04}-{m:02}-{d:02}&date=lt{y2:04}-{m2:02}-{d2:02}&_count=20"));
+    }
+    println!("searching (token + date range) with {concurrency} clients for {seconds} s");
+    let (ok, err, lat) = load_generator(&t.base, Arc::new(urls), concurrency, Duration::from_secs(seconds)).await;
+    report("search", ok, err, &lat, seconds as f64);
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! The `carebridge` binary: `serve`, `load`, `bench`. See README.
+
+use carebridge::api::ApiConfig;
+use carebridge::cli;
+use carebridge::config::FileConfig;
+use carebridge::server::{self, ServerOptions};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "carebridge", version, about = "FHIR R4 (4.0.1) interoperability gateway for regional health networks")]
+struct Cli {
+    /// Config file (TOML); a missing default file is ignored
+    #[arg(long, global = true, env = "CAREBRIDGE_CONFIG", default_value = "carebridge.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway
+    Serve {
+        /// Listen address
+        #[arg(long, env = "CAREBRIDGE_LISTEN")]
+        listen: Option<String>,
+        /// Database: sqlite:PATH (created on first run) or postgres://…
+        #[arg(long, env = "CAREBRIDGE_DATABASE_URL")]
+        db: Option<String>,
+        /// Public base URL (default: from the Host header)
+        #[arg(long, env = "CAREBRIDGE_BASE_URL")]
+        base_url: Option<String>,
+        /// Maximum request body in bytes (413 above)
+        #[arg(long, env = "CAREBRIDGE_MAX_BODY_BYTES")]
+        max_body_bytes: Option<usize>,
+        /// FHIR package cache (default ~/.fhir/packages)
+        #[arg(long, env = "CAREBRIDGE_PACKAGE_CACHE")]
+        package_cache: Option<PathBuf>,
+    },
+    /// Load Bundles / NDJSON files or folders through the write pipeline
+    Load {
+        /// Files or folders (*.json Bundles or resources, *.ndjson)
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Post to a running server at this base URL
+        #[arg(long, conflicts_with = "db")]
+        server: Option<String>,
+        /// Write straight into this store (sqlite:PATH or postgres://…)
+        #[arg(long, env = "CAREBRIDGE_DATABASE_URL")]
+        db: Option<String>,
+        /// Bundles in flight at once
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// No progress bar
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Benchmarks (print figures)
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Post Synthea transaction bundles; resources/s vs. parse-only ceiling
+    Ingest {
+        #[arg(long, env = "CAREBRIDGE_BENCH_BUNDLES", default_value = "../shared/samples/synthea")]
+        bundles: PathBuf,
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Only the first N bundles
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// GET by id: req/s, p50, p99
+    Read {
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long, default_value_t = 10_000)]
+        resources: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Token + date search over generated Observations: req/s, p50, p99
+    Search {
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long, default_value_t = 100_000)]
+        observations: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAREBRIDGE_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_logs();
+    let cli = Cli::parse();
+    let explicit_config = std::env::args().any(|a| a.starts_with("--config")) || std::env::var("CAREBRIDGE_CONFIG").is_ok();
+    let file = match FileConfig::load(&cli.config, explicit_config) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.cmd {
+        Cmd::Serve { listen, db, base_url, max_body_bytes, package_cache } => {
+            let listen = listen.or(file.server.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+            let opts = ServerOptions {
+                database_url: db.or(file.database.url).unwrap_or_else(|| "sqlite:data/carebridge.db".into()),
+                package_cache: package_cache.or(file.fhir.package_cache.map(PathBuf::from)),
+                api: ApiConfig {
+                    base_url: base_url.or(file.server.base_url),
+                    max_body_bytes: max_body_bytes.or(file.server.max_body_bytes).unwrap_or(ApiConfig::default().max_body_bytes),
+                },
+            };
+            serve(opts, &listen).await
+        }
+        Cmd::Load { paths, server, db, concurrency, quiet } => {
+            let target = match server {
+                Some(s) => Ok(cli::load::Target::Server(s)),
+                None => {
+                    let opts = ServerOptions {
+                        database_url: db.or(file.database.url).unwrap_or_else(|| "sqlite:data/carebridge.db".into()),
+                        package_cache: file.fhir.package_cache.map(PathBuf::from),
+                        api: ApiConfig::default(),
+                    };
+                    server::services(&opts).await.map(cli::load::Target::Store).map_err(|e| e.to_string())
+                }
+            };
+            match target {
+                Err(e) => Err(e),
+                Ok(t) => match cli::load::run(t, &paths, concurrency, quiet).await {
+                    Err(e) => Err(e),
+                    Ok(r) => {
+                        for f in &r.failed {
+                            eprintln!("failed: {f}");
+                        }
+                        println!(
+                            "loaded {} resources from {} files in {:.2} s ({:.0} resources/s), {} failures",
+                            r.resources,
+                            r.files,
+                            r.seconds,
+                            r.resources as f64 / r.seconds.max(1e-9),
+                            r.failed.len()
+                        );
+                        if r.failed.is_empty() { Ok(()) } else { Err(format!("{} units failed", r.failed.len())) }
+                    }
+                },
+            }
+        }
+        Cmd::Bench { which } => match which {
+            BenchCmd::Ingest { bundles, server, concurrency, limit } => cli::bench::ingest(server, bundles, concurrency, limit).await,
+            BenchCmd::Read { server, resources, concurrency, seconds } => cli::bench::read(server, resources, concurrency, seconds).await,
+            BenchCmd::Search { server, observations, concurrency, seconds } => {
+                cli::bench::search(server, observations, concurrency, seconds).await
+            }
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(opts: ServerOptions, listen: &str) -> Result<(), String> {
+    let services = server::services(&opts).await.map_err(|e| e.to_string())?;
+    let kind = services.store.kind();
+    let running = server::start(services, opts.api.clone(), listen).await.map_err(|e| e.to_string())?;
+    tracing::info!(addr = %running.addr, store = kind, "carebridge listening");
+    server::shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    Ok(())
+}

@@ -1,0 +1,637 @@
+//! The one write pipeline. Every way data comes in — REST create/update/
+//! delete, batch/transaction, (later) HL7 v2, CSV/JSON import and
+//! `carebridge load` — becomes a list of [`Entry`] values and runs through
+//! [`Pipeline::transaction`] or [`Pipeline::batch`]:
+//!
+//! resolve (ids for creates, `urn:uuid:`/`urn:oid:` fullUrls, conditional
+//! create/update/delete, conditional references) → check (shape, types, ids,
+//! `If-Match`) → store (one database transaction: versions, history, index).
+//!
+//! Follows FHIR R4 `http.html`: create/update/delete and their conditional
+//! forms (§3.1.0.4–3.1.0.7), `If-Match` version-aware updates (§3.1.0.5.1),
+//! transaction processing rules (§3.1.0.11.2: DELETE, then POST, then
+//! PUT/PATCH, then GET/HEAD; fullUrl resolution; overlapping identities fail
+//! the transaction), batch (entries independent).
+//!
+//! Invariant: a transaction is written entirely or not at all — any entry's
+//! error rolls back the whole database transaction.
+//! Invariant: stored bytes are the member's JSON (key order, unknown
+//! elements, decimal text) plus server-set `id`, `meta.versionId`,
+//! `meta.lastUpdated`; no typed model round-trip.
+
+mod resolve;
+
+use crate::fhir::{datetime, is_valid_id, json, IssueType, OperationOutcome};
+use crate::search::params::SearchRequest;
+use crate::search::plan;
+use crate::search::SearchError;
+use crate::services::Services;
+use crate::store::{ResourceRow, StoreError, StoreTx, VersionWrite, WriteMethod};
+use bytes::Bytes;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+
+/// Pipeline errors: each carries the OperationOutcome the client sees; the
+/// HTTP status for each variant is decided in `api::error`.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{}", .0.first_message())]
+    BadRequest(OperationOutcome),
+    #[error("{}", .0.first_message())]
+    NotFound(OperationOutcome),
+    #[error("{}", .0.first_message())]
+    Gone(OperationOutcome),
+    #[error("{}", .0.first_message())]
+    Conflict(OperationOutcome),
+    #[error("{}", .0.first_message())]
+    PreconditionFailed(OperationOutcome),
+    #[error("{}", .0.first_message())]
+    Unprocessable(OperationOutcome),
+    #[error("{}", .0.first_message())]
+    MethodNotAllowed(OperationOutcome),
+    #[error("{}", .0.first_message())]
+    NotSupported(OperationOutcome),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl PipelineError {
+    pub fn outcome(&self) -> OperationOutcome {
+        match self {
+            PipelineError::BadRequest(o)
+            | PipelineError::NotFound(o)
+            | PipelineError::Gone(o)
+            | PipelineError::Conflict(o)
+            | PipelineError::PreconditionFailed(o)
+            | PipelineError::Unprocessable(o)
+            | PipelineError::MethodNotAllowed(o)
+            | PipelineError::NotSupported(o) => o.clone(),
+            PipelineError::Store(StoreError::Conflict(m)) => {
+                OperationOutcome::error(IssueType::Conflict, format!("concurrent change, retry: {m}"))
+            }
+            PipelineError::Store(_) => OperationOutcome::error(IssueType::Exception, "internal storage error"),
+        }
+    }
+
+    /// The same error with its issues located at a bundle entry.
+    pub fn in_entry(self, i: usize) -> Self {
+        use PipelineError::*;
+        match self {
+            BadRequest(o) => BadRequest(o.in_entry(i)),
+            NotFound(o) => NotFound(o.in_entry(i)),
+            Gone(o) => Gone(o.in_entry(i)),
+            Conflict(o) => Conflict(o.in_entry(i)),
+            PreconditionFailed(o) => PreconditionFailed(o.in_entry(i)),
+            Unprocessable(o) => Unprocessable(o.in_entry(i)),
+            MethodNotAllowed(o) => MethodNotAllowed(o.in_entry(i)),
+            NotSupported(o) => NotSupported(o.in_entry(i)),
+            e => e,
+        }
+    }
+}
+
+impl From<SearchError> for PipelineError {
+    fn from(e: SearchError) -> Self {
+        let code = match e {
+            SearchError::Unsupported(_) => IssueType::NotSupported,
+            _ => IssueType::Invalid,
+        };
+        PipelineError::BadRequest(OperationOutcome::error(code, e.to_string()))
+    }
+}
+
+pub(crate) fn bad(code: IssueType, msg: impl Into<String>) -> PipelineError {
+    PipelineError::BadRequest(OperationOutcome::error(code, msg))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Patch,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Option<Method> {
+        Some(match s {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "PATCH" => Method::Patch,
+            _ => return None,
+        })
+    }
+    fn order(self) -> u8 {
+        match self {
+            Method::Delete => 0,
+            Method::Post => 1,
+            Method::Put | Method::Patch => 2,
+            Method::Get | Method::Head => 3,
+        }
+    }
+}
+
+/// One requested change (or read), as in `Bundle.entry.request`.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub method: Method,
+    /// relative URL: `Patient`, `Patient/1`, `Patient?identifier=…`
+    pub url: String,
+    pub full_url: Option<String>,
+    pub resource: Option<Value>,
+    pub if_none_exist: Option<String>,
+    pub if_match: Option<String>,
+}
+
+/// The outcome of one entry (Bundle.entry.response + resource).
+#[derive(Debug, Clone)]
+pub struct EntryResult {
+    pub status: u16,
+    pub location: Option<String>,
+    pub version: Option<i64>,
+    pub last_modified: Option<i64>,
+    /// stored bytes of the resulting resource (creates, updates, matched conditional creates, reads)
+    pub body: Option<Bytes>,
+    pub outcome: Option<OperationOutcome>,
+    /// the rtype and id written/read, if any
+    pub target: Option<(String, String)>,
+}
+
+impl EntryResult {
+    fn status_only(status: u16) -> Self {
+        EntryResult { status, location: None, version: None, last_modified: None, body: None, outcome: None, target: None }
+    }
+    fn from_row(status: u16, row: &ResourceRow) -> Self {
+        EntryResult {
+            status,
+            location: Some(format!("{}/{}/_history/{}", row.rtype, row.id, row.version)),
+            version: Some(row.version),
+            last_modified: Some(row.last_updated),
+            body: row.body.clone(),
+            outcome: None,
+            target: Some((row.rtype.clone(), row.id.clone())),
+        }
+    }
+}
+
+/// Parsed request URL of an entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    Type(String),
+    Instance(String, String),
+    Conditional(String, String),
+}
+
+pub fn parse_target(services: &Services, url: &str) -> Result<Target, PipelineError> {
+    let url = url.trim_start_matches('/');
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (url, None),
+    };
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let Some(t) = segs.first() else { return Err(bad(IssueType::Invalid, format!("request url '{url}' names no resource type"))) };
+    if !services.registry.is_type(t) {
+        return Err(PipelineError::NotFound(OperationOutcome::error(IssueType::NotSupported, format!("unknown resource type '{t}'"))));
+    }
+    match (segs.len(), query) {
+        (1, Some(q)) => Ok(Target::Conditional((*t).to_owned(), q.to_owned())),
+        (1, None) => Ok(Target::Type((*t).to_owned())),
+        (2, None) if is_valid_id(segs[1]) => Ok(Target::Instance((*t).to_owned(), segs[1].to_owned())),
+        (2, _) => Err(bad(IssueType::Invalid, format!("'{}' is not a valid resource id", segs[1]))),
+        _ => Err(bad(IssueType::NotSupported, format!("request url '{url}' is not supported here"))),
+    }
+}
+
+/// Parse a conditional query string into a strict search request (unknown
+/// parameters are errors: ignoring one would widen the match).
+pub fn conditional_request(services: &Services, rtype: &str, query: &str) -> Result<SearchRequest, PipelineError> {
+    let pairs: Vec<(String, String)> =
+        form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    if pairs.is_empty() {
+        return Err(bad(IssueType::Invalid, "conditional request without search parameters"));
+    }
+    let mut req = SearchRequest::parse(&services.registry, rtype, &pairs, true)?;
+    req.count = 2;
+    req.sort.clear();
+    Ok(req)
+}
+
+/// Matches of a conditional query inside the transaction (at most 2 returned).
+async fn conditional_matches(
+    services: &Services,
+    tx: &mut Box<dyn StoreTx>,
+    rtype: &str,
+    query: &str,
+) -> Result<Vec<ResourceRow>, PipelineError> {
+    let req = conditional_request(services, rtype, query)?;
+    tx.lock(&format!("cond:{rtype}?{query}")).await?;
+    let sql = plan::page_sql(&req, plan::Page::First)?;
+    Ok(tx.query(sql).await?)
+}
+
+/// `W/"3"` or `"3"` or `3` → 3
+pub fn parse_etag(s: &str) -> Option<i64> {
+    s.trim().trim_start_matches("W/").trim_matches('"').parse().ok()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReturnPref {
+    Minimal,
+    Representation,
+    OperationOutcome,
+}
+
+pub struct Pipeline<'a> {
+    pub services: &'a Services,
+}
+
+/// An entry after identity resolution.
+struct Planned {
+    index: usize,
+    method: Method,
+    rtype: String,
+    /// resolved id (None: nothing to do, e.g. conditional delete with no match)
+    id: Option<String>,
+    /// row current at resolution time
+    current: Option<ResourceRow>,
+    /// conditional create matched an existing resource
+    matched: bool,
+    resource: Option<Value>,
+    if_match: Option<i64>,
+}
+
+impl<'a> Pipeline<'a> {
+    pub fn new(services: &'a Services) -> Self {
+        Pipeline { services }
+    }
+
+    /// Process entries as one FHIR transaction: all or nothing. Errors carry
+    /// the entry location. Results are in request order.
+    pub async fn transaction(&self, entries: Vec<Entry>) -> Result<Vec<EntryResult>, PipelineError> {
+        let n = entries.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| entries[i].method.order());
+
+        // fullUrl uniqueness
+        let mut seen = HashSet::new();
+        for (i, e) in entries.iter().enumerate() {
+            if let Some(f) = &e.full_url {
+                if !seen.insert(f.as_str()) {
+                    return Err(bad(IssueType::Invalid, format!("duplicate fullUrl '{f}'")).in_entry(i));
+                }
+            }
+        }
+
+        let mut tx = self.services.store.begin().await?;
+        let now = datetime::now_micros();
+        let mut planned: Vec<Planned> = Vec::with_capacity(n);
+        let mut ids: HashMap<String, String> = HashMap::new(); // fullUrl → Type/id
+        let mut touched: HashSet<(String, String)> = HashSet::new();
+        let mut entries = entries;
+
+        for &i in &order {
+            let e = &mut entries[i];
+            if matches!(e.method, Method::Get | Method::Head) {
+                continue;
+            }
+            let p = self.resolve_entry(&mut tx, i, e).await.map_err(|err| err.in_entry(i))?;
+            if let (Some(id), Some(f)) = (&p.id, &e.full_url) {
+                ids.insert(f.clone(), format!("{}/{}", p.rtype, id));
+            }
+            if let Some(id) = &p.id {
+                if !p.matched && !touched.insert((p.rtype.clone(), id.clone())) {
+                    return Err(bad(
+                        IssueType::Duplicate,
+                        format!("{}/{} is changed by more than one entry of the transaction", p.rtype, id),
+                    )
+                    .in_entry(i));
+                }
+            }
+            planned.push(p);
+        }
+
+        // rewrite references (urn:uuid, fullUrls, conditional references)
+        for p in &mut planned {
+            if let Some(res) = p.resource.as_mut() {
+                resolve::rewrite_references(self.services, &mut tx, res, &ids).await.map_err(|e| e.in_entry(p.index))?;
+            }
+        }
+
+        let mut results: Vec<Option<EntryResult>> = vec![None; n];
+        let mut writes = Vec::new();
+        for p in planned {
+            let (w, r) = self.prepare_write(p, now).map_err(|(e, i)| e.in_entry(i))?;
+            if let Some(w) = w {
+                writes.push(w);
+            }
+            results[r.0] = Some(r.1);
+        }
+        if !writes.is_empty() {
+            tx.write(writes).await?;
+        }
+        tx.commit().await?;
+
+        // GET/HEAD entries are processed last, after the writes
+        for &i in &order {
+            let e = &entries[i];
+            if matches!(e.method, Method::Get | Method::Head) {
+                results[i] = Some(self.read_entry(e).await.map_err(|err| err.in_entry(i))?);
+            }
+        }
+        Ok(results.into_iter().map(|r| r.unwrap_or_else(|| EntryResult::status_only(200))).collect())
+    }
+
+    /// Process entries independently (batch): each entry is its own transaction.
+    pub async fn batch(&self, entries: Vec<Entry>) -> Vec<Result<EntryResult, PipelineError>> {
+        let full_urls: HashSet<String> = entries.iter().filter_map(|e| e.full_url.clone()).collect();
+        let mut out = Vec::with_capacity(entries.len());
+        for (i, e) in entries.into_iter().enumerate() {
+            if let Some(res) = &e.resource {
+                if let Some(r) = resolve::find_reference_to(res, &full_urls) {
+                    out.push(Err(bad(
+                        IssueType::Invalid,
+                        format!("batch entries cannot reference each other (reference '{r}')"),
+                    )
+                    .in_entry(i)));
+                    continue;
+                }
+            }
+            let r = if matches!(e.method, Method::Get | Method::Head) {
+                self.read_entry(&e).await
+            } else {
+                let mut e = e;
+                e.full_url = None;
+                self.transaction(vec![e]).await.map(|mut v| v.remove(0))
+            };
+            out.push(r.map_err(|err| err.in_entry(i)));
+        }
+        out
+    }
+
+    /// Structural checks of a resource body for a type.
+    fn check_resource(&self, rtype: &str, res: &Value) -> Result<(), PipelineError> {
+        let Some(obj) = res.as_object() else {
+            return Err(bad(IssueType::Structure, "resource must be a JSON object"));
+        };
+        match json::resource_type(res) {
+            Some(t) if t == rtype => {}
+            Some(t) => {
+                return Err(bad(IssueType::Invalid, format!("resourceType '{t}' does not match the request's type '{rtype}'")))
+            }
+            None => return Err(bad(IssueType::Required, "resource has no resourceType")),
+        }
+        if let Some(id) = obj.get("id") {
+            match id.as_str() {
+                Some(s) if is_valid_id(s) => {}
+                _ => return Err(bad(IssueType::Value, "resource id is not a valid FHIR id").map_outcome_expr(&format!("{rtype}.id"))),
+            }
+        }
+        if let Some(meta) = obj.get("meta") {
+            if !meta.is_object() {
+                return Err(bad(IssueType::Structure, "meta must be an object").map_outcome_expr(&format!("{rtype}.meta")));
+            }
+        }
+        Ok(())
+    }
+
+    async fn resolve_entry(&self, tx: &mut Box<dyn StoreTx>, index: usize, e: &mut Entry) -> Result<Planned, PipelineError> {
+        let target = parse_target(self.services, &e.url)?;
+        let if_match = match &e.if_match {
+            Some(s) => Some(parse_etag(s).ok_or_else(|| bad(IssueType::Invalid, format!("If-Match '{s}' is not a version ETag")))?),
+            None => None,
+        };
+        let mut p = Planned {
+            index,
+            method: e.method,
+            rtype: String::new(),
+            id: None,
+            current: None,
+            matched: false,
+            resource: e.resource.take(),
+            if_match,
+        };
+        match (e.method, target) {
+            (Method::Post, Target::Type(t)) => {
+                let res = p.resource.as_ref().ok_or_else(|| bad(IssueType::Required, "POST needs a resource"))?;
+                self.check_resource(&t, res)?;
+                if let Some(q) = &e.if_none_exist {
+                    let q = q.trim_start_matches('?');
+                    let q = q.strip_prefix(&format!("{t}?")).unwrap_or(q).to_owned();
+                    let m = conditional_matches(self.services, tx, &t, &q).await?;
+                    match m.len() {
+                        0 => {}
+                        1 => {
+                            p.id = Some(m[0].id.clone());
+                            p.current = m.into_iter().next();
+                            p.matched = true;
+                        }
+                        _ => {
+                            return Err(PipelineError::PreconditionFailed(OperationOutcome::error(
+                                IssueType::MultipleMatches,
+                                format!("If-None-Exist '{q}' matches more than one {t}"),
+                            )))
+                        }
+                    }
+                }
+                if p.id.is_none() {
+                    p.id = Some(uuid::Uuid::new_v4().to_string());
+                }
+                p.rtype = t;
+            }
+            (Method::Put, Target::Instance(t, id)) => {
+                let res = p.resource.as_ref().ok_or_else(|| bad(IssueType::Required, "PUT needs a resource"))?;
+                self.check_resource(&t, res)?;
+                match res.get("id").and_then(Value::as_str) {
+                    Some(rid) if rid == id => {}
+                    Some(rid) => {
+                        return Err(bad(IssueType::Invalid, format!("resource id '{rid}' does not match the URL id '{id}'")))
+                    }
+                    None => return Err(bad(IssueType::Required, "PUT resource must carry the id of the URL")),
+                }
+                tx.lock(&format!("res:{t}/{id}")).await?;
+                p.current = tx.current(&t, &id).await?;
+                p.id = Some(id);
+                p.rtype = t;
+            }
+            (Method::Put, Target::Conditional(t, q)) => {
+                let res = p.resource.as_ref().ok_or_else(|| bad(IssueType::Required, "PUT needs a resource"))?;
+                self.check_resource(&t, res)?;
+                let m = conditional_matches(self.services, tx, &t, &q).await?;
+                let body_id = res.get("id").and_then(Value::as_str).map(str::to_owned);
+                match m.len() {
+                    0 => {
+                        let id = body_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                        p.current = tx.current(&t, &id).await?;
+                        p.id = Some(id);
+                    }
+                    1 => {
+                        if let Some(b) = body_id {
+                            if b != m[0].id {
+                                return Err(bad(IssueType::Invalid, format!("resource id '{b}' differs from the matched {t}/{}", m[0].id)));
+                            }
+                        }
+                        p.id = Some(m[0].id.clone());
+                        p.current = m.into_iter().next();
+                    }
+                    _ => {
+                        return Err(PipelineError::PreconditionFailed(OperationOutcome::error(
+                            IssueType::MultipleMatches,
+                            format!("conditional update '{q}' matches more than one {t}"),
+                        )))
+                    }
+                }
+                p.rtype = t;
+            }
+            (Method::Delete, Target::Instance(t, id)) => {
+                tx.lock(&format!("res:{t}/{id}")).await?;
+                p.current = tx.current(&t, &id).await?;
+                p.id = Some(id);
+                p.rtype = t;
+            }
+            (Method::Delete, Target::Conditional(t, q)) => {
+                let m = conditional_matches(self.services, tx, &t, &q).await?;
+                match m.len() {
+                    0 => {}
+                    1 => {
+                        p.id = Some(m[0].id.clone());
+                        p.current = m.into_iter().next();
+                    }
+                    _ => {
+                        return Err(PipelineError::PreconditionFailed(OperationOutcome::error(
+                            IssueType::MultipleMatches,
+                            format!("conditional delete '{q}' matches more than one {t}"),
+                        )))
+                    }
+                }
+                p.rtype = t;
+            }
+            (Method::Patch, _) => {
+                return Err(PipelineError::NotSupported(OperationOutcome::error(IssueType::NotSupported, "PATCH is not supported")))
+            }
+            (m, t) => {
+                return Err(PipelineError::MethodNotAllowed(OperationOutcome::error(
+                    IssueType::NotSupported,
+                    format!("{m:?} is not allowed on {t:?}"),
+                )))
+            }
+        }
+        Ok(p)
+    }
+
+    /// Turn a planned entry into a version write and its result.
+    #[allow(clippy::type_complexity)]
+    fn prepare_write(
+        &self,
+        p: Planned,
+        now: i64,
+    ) -> Result<(Option<VersionWrite>, (usize, EntryResult)), (PipelineError, usize)> {
+        let i = p.index;
+        let cur_live = p.current.as_ref().filter(|c| !c.deleted);
+        if let Some(want) = p.if_match {
+            let have = cur_live.map(|c| c.version);
+            if have != Some(want) {
+                return Err((
+                    PipelineError::PreconditionFailed(OperationOutcome::error(
+                        IssueType::Conflict,
+                        format!(
+                            "If-Match W/\"{want}\" does not match the current version {}",
+                            have.map(|v| format!("W/\"{v}\"")).unwrap_or_else(|| "(none)".into())
+                        ),
+                    )),
+                    i,
+                ));
+            }
+        }
+        match p.method {
+            Method::Delete => {
+                let (Some(id), Some(cur)) = (p.id, cur_live) else {
+                    return Ok((None, (i, EntryResult::status_only(204))));
+                };
+                let version = cur.version + 1;
+                let w = VersionWrite {
+                    rtype: p.rtype.clone(),
+                    id: id.clone(),
+                    version,
+                    last_updated: now,
+                    method: WriteMethod::Delete,
+                    body: None,
+                    index: vec![],
+                };
+                let mut r = EntryResult::status_only(204);
+                r.version = Some(version);
+                r.target = Some((p.rtype, id));
+                Ok((Some(w), (i, r)))
+            }
+            Method::Post if p.matched => {
+                let cur = p.current.as_ref().expect("matched row");
+                Ok((None, (i, EntryResult::from_row(200, cur))))
+            }
+            Method::Post | Method::Put => {
+                let id = p.id.clone().expect("resolved id");
+                let mut res = p.resource.expect("resource");
+                let version = p.current.as_ref().map(|c| c.version + 1).unwrap_or(1);
+                let status = if cur_live.is_some() { 200 } else { 201 };
+                let obj = res.as_object_mut().expect("checked object");
+                json::set_server_fields(obj, &id, version, &datetime::format_instant(now));
+                let index = self.services.registry.index(&p.rtype, &res);
+                let body = Bytes::from(serde_json::to_vec(&res).map_err(|e| (bad(IssueType::Exception, e.to_string()), i))?);
+                let method = if p.method == Method::Post { WriteMethod::Post } else { WriteMethod::Put };
+                let w = VersionWrite {
+                    rtype: p.rtype.clone(),
+                    id: id.clone(),
+                    version,
+                    last_updated: now,
+                    method,
+                    body: Some(body.clone()),
+                    index,
+                };
+                let r = EntryResult {
+                    status,
+                    location: Some(format!("{}/{}/_history/{}", p.rtype, id, version)),
+                    version: Some(version),
+                    last_modified: Some(now),
+                    body: Some(body),
+                    outcome: None,
+                    target: Some((p.rtype, id)),
+                };
+                Ok((Some(w), (i, r)))
+            }
+            _ => Ok((None, (i, EntryResult::status_only(200)))),
+        }
+    }
+
+    /// GET/HEAD entry of a batch/transaction: read or search.
+    async fn read_entry(&self, e: &Entry) -> Result<EntryResult, PipelineError> {
+        match parse_target(self.services, &e.url)? {
+            Target::Instance(t, id) => {
+                let row = self.services.store.read(&t, &id).await?;
+                match row {
+                    Some(r) if !r.deleted => Ok(EntryResult::from_row(200, &r)),
+                    Some(_) => Err(PipelineError::Gone(OperationOutcome::error(IssueType::Deleted, format!("{t}/{id} was deleted")))),
+                    None => Err(PipelineError::NotFound(OperationOutcome::error(IssueType::NotFound, format!("{t}/{id} not found")))),
+                }
+            }
+            Target::Type(_) | Target::Conditional(..) => {
+                Err(PipelineError::NotSupported(OperationOutcome::error(IssueType::NotSupported, "search inside a batch/transaction is served by GET entries only for reads by id")))
+            }
+        }
+    }
+}
+
+trait MapExpr {
+    fn map_outcome_expr(self, expr: &str) -> Self;
+}
+
+impl MapExpr for PipelineError {
+    fn map_outcome_expr(self, expr: &str) -> Self {
+        match self {
+            PipelineError::BadRequest(o) => PipelineError::BadRequest(o.with_expression(expr)),
+            e => e,
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The one read path: search execution (page, total, `_include`,
+//! `_revinclude` with `:iterate`) over `store` + `search`. Read, vread and
+//! history go straight to the store's keyed lookups. Everything that leaves
+//! the process is read through here or those lookups (the access-control
+//! filter will sit at this boundary).
+//!
+//! Follows R4 `search.html` (§3.1.1.4 paging, §3.1.1.5.5 `_include`/
+//! `_revinclude`, §3.1.1.5.6 `_total`).
+
+use crate::search::params::{Include, SearchRequest, Summary, Total};
+use crate::search::plan::{self, Page};
+use crate::search::SearchError;
+use crate::services::Services;
+use crate::store::{ResourceRow, StoreError};
+use std::collections::{BTreeMap, HashSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Search(#[from] SearchError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Max resources added by `_include`/`_revinclude` to one page.
+pub const MAX_INCLUDES: usize = 1000;
+
+#[derive(Debug, Default)]
+pub struct SearchOutcome {
+    pub matches: Vec<ResourceRow>,
+    pub included: Vec<ResourceRow>,
+    pub total: Option<i64>,
+    pub next: Option<String>,
+    pub prev: Option<String>,
+}
+
+pub async fn search(services: &Services, req: &SearchRequest) -> Result<SearchOutcome, ReadError> {
+    let store = &services.store;
+    let mut out = SearchOutcome::default();
+    if req.summary == Some(Summary::Count) || req.count == 0 {
+        out.total = Some(store.count(plan::count_sql(req)?).await?);
+        return Ok(out);
+    }
+    let page = plan::parse_page(req.page.as_deref())?;
+    let mut rows = store.query(plan::page_sql(req, page)?).await?;
+    let more = rows.len() > req.count;
+    rows.truncate(req.count);
+    if let Page::Before(_) = page {
+        rows.reverse();
+    }
+    if req.sort.is_empty() {
+        let (first, last) = (rows.first().map(|r| r.rkey), rows.last().map(|r| r.rkey));
+        match page {
+            Page::Before(_) => {
+                // we came backwards: there is a next page (where we came from); prev if more
+                out.next = last.map(|k| format!("a{k}"));
+                if more {
+                    out.prev = first.map(|k| format!("b{k}"));
+                }
+            }
+            Page::First => {
+                if more {
+                    out.next = last.map(|k| format!("a{k}"));
+                }
+            }
+            _ => {
+                if more {
+                    out.next = last.map(|k| format!("a{k}"));
+                }
+                out.prev = first.map(|k| format!("b{k}"));
+            }
+        }
+    } else {
+        let off = if let Page::Offset(o) = page { o } else { 0 };
+        if more {
+            out.next = Some(format!("o{}", off + req.count));
+        }
+        if off > 0 {
+            out.prev = Some(format!("o{}", off.saturating_sub(req.count)));
+        }
+    }
+    out.total = match req.total {
+        Total::Accurate | Total::Estimate => Some(store.count(plan::count_sql(req)?).await?),
+        Total::Default if page == Page::First && !more => Some(rows.len() as i64),
+        _ => None,
+    };
+    out.included = includes(services, req, &rows).await?;
+    out.matches = rows;
+    Ok(out)
+}
+
+async fn includes(services: &Services, req: &SearchRequest, rows: &[ResourceRow]) -> Result<Vec<ResourceRow>, ReadError> {
+    if rows.is_empty() || (req.includes.is_empty() && req.revincludes.is_empty()) {
+        return Ok(vec![]);
+    }
+    let mut seen: HashSet<(String, String)> = rows.iter().map(|r| (r.rtype.clone(), r.id.clone())).collect();
+    let mut included: Vec<ResourceRow> = vec![];
+    let mut frontier: Vec<ResourceRow> = rows.to_vec();
+    for round in 0..4 {
+        let mut new_rows: Vec<ResourceRow> = vec![];
+        let applies = |inc: &Include| round == 0 || inc.iterate;
+        for inc in req.includes.iter().filter(|i| applies(i)) {
+            let src: Vec<i64> = frontier.iter().filter(|r| r.rtype == inc.source_type).map(|r| r.rkey).collect();
+            if src.is_empty() {
+                continue;
+            }
+            let pairs = services
+                .store
+                .pairs(plan::include_targets_sql(&src, inc.param.as_deref(), inc.target_type.as_deref()))
+                .await?;
+            let mut by_type: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (t, id) in pairs {
+                if !seen.contains(&(t.clone(), id.clone())) && services.registry.is_type(&t) {
+                    by_type.entry(t).or_default().push(id);
+                }
+            }
+            for (t, ids) in by_type {
+                for chunk in ids.chunks(200) {
+                    for r in services.store.query(plan::resources_by_ids_sql(&t, chunk)).await? {
+                        if seen.insert((r.rtype.clone(), r.id.clone())) {
+                            new_rows.push(r);
+                        }
+                    }
+                }
+            }
+        }
+        for inc in req.revincludes.iter().filter(|i| applies(i)) {
+            let targets: Vec<(String, String)> = frontier.iter().map(|r| (r.rtype.clone(), r.id.clone())).collect();
+            for chunk in targets.chunks(200) {
+                let sql = plan::revinclude_sql(&inc.source_type, inc.param.as_deref(), chunk, MAX_INCLUDES);
+                for r in services.store.query(sql).await? {
+                    if seen.insert((r.rtype.clone(), r.id.clone())) {
+                        new_rows.push(r);
+                    }
+                }
+            }
+        }
+        if new_rows.is_empty() || included.len() >= MAX_INCLUDES {
+            break;
+        }
+        included.extend(new_rows.iter().cloned());
+        frontier = new_rows;
+        if !req.includes.iter().chain(&req.revincludes).any(|i| i.iterate) {
+            break;
+        }
+    }
+    included.truncate(MAX_INCLUDES);
+    Ok(included)
+}

@@ -1,0 +1,100 @@
+//! Assembling and running the gateway: definitions → registry, store, HTTP
+//! router; graceful shutdown on Ctrl-C/SIGTERM. Used by `carebridge serve`,
+//! by the benchmarks and by the integration tests (which start the real
+//! server on a free loopback port).
+
+use crate::api::{self, ApiConfig, AppState};
+use crate::fhir::definitions::{package_cache_dir, Definitions, DefinitionsError};
+use crate::search::Registry;
+use crate::services::Services;
+use crate::store::{self, StoreError};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Definitions(#[from] DefinitionsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("listening on {0}: {1}")]
+    Bind(String, std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub database_url: String,
+    pub package_cache: Option<PathBuf>,
+    pub api: ApiConfig,
+}
+
+/// Load definitions and open the store.
+pub async fn services(opts: &ServerOptions) -> Result<Services, ServerError> {
+    let cache = opts.package_cache.clone().unwrap_or_else(package_cache_dir);
+    let t0 = std::time::Instant::now();
+    let defs = tokio::task::spawn_blocking(move || Definitions::load_core(&cache))
+        .await
+        .expect("definitions loader thread")?;
+    let registry = Registry::from_definitions(&defs);
+    tracing::info!(
+        types = registry.resource_types.len(),
+        search_params = defs.search_params.len(),
+        skipped_branches = registry.skipped_branches,
+        ms = t0.elapsed().as_millis() as u64,
+        "definitions loaded"
+    );
+    let store = store::open(&opts.database_url).await?;
+    Ok(Services { store, registry: Arc::new(registry) })
+}
+
+/// A running server (for tests and benchmarks): address and shutdown handle.
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub handle: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub async fn stop(mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        let _ = self.handle.await;
+    }
+}
+
+/// Start serving on `listen` (port 0 = a free port) in the background.
+pub async fn start(services: Services, api_config: ApiConfig, listen: &str) -> Result<Running, ServerError> {
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| ServerError::Bind(listen.to_owned(), e))?;
+    let addr = listener.local_addr().map_err(|e| ServerError::Bind(listen.to_owned(), e))?;
+    let app = api::router(Arc::new(AppState { services, config: api_config }));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok(Running { addr, shutdown: Some(tx), handle })
+}
+
+/// Wait for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -11,3 +11,4 @@ pub mod search;
 pub mod server;
 pub mod services;
 pub mod store;
+pub mod translate;

@@ -29,9 +29,9 @@ pub struct ServerOptions {
     pub api: ApiConfig,
 }
 
-/// Load definitions and open the store.
-pub async fn services(opts: &ServerOptions) -> Result<Services, ServerError> {
-    let cache = opts.package_cache.clone().unwrap_or_else(package_cache_dir);
+/// Load the core definitions and build the search registry.
+pub async fn registry(package_cache: Option<PathBuf>) -> Result<Arc<Registry>, ServerError> {
+    let cache = package_cache.unwrap_or_else(package_cache_dir);
     let t0 = std::time::Instant::now();
     let defs = tokio::task::spawn_blocking(move || Definitions::load_core(&cache))
         .await
@@ -44,8 +44,14 @@ pub async fn services(opts: &ServerOptions) -> Result<Services, ServerError> {
         ms = t0.elapsed().as_millis() as u64,
         "definitions loaded"
     );
+    Ok(Arc::new(registry))
+}
+
+/// Load definitions and open the store.
+pub async fn services(opts: &ServerOptions) -> Result<Services, ServerError> {
+    let registry = registry(opts.package_cache.clone()).await?;
     let store = store::open(&opts.database_url).await?;
-    Ok(Services { store, registry: Arc::new(registry) })
+    Ok(Services { store, registry })
 }
 
 /// A running server (for tests and benchmarks): address and shutdown handle.

@@ -1,0 +1,197 @@
+//! Test harness: the real gateway on a free loopback port, on SQLite (a temp
+//! file) or on PostgreSQL (a uniquely named database created for the test and
+//! dropped after it; server URL from `CAREBRIDGE_TEST_POSTGRES`).
+
+use carebridge::api::ApiConfig;
+use carebridge::search::Registry;
+use carebridge::server::{self, Running};
+use carebridge::services::Services;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::OnceCell;
+
+static REGISTRY: OnceCell<Arc<Registry>> = OnceCell::const_new();
+
+pub async fn registry() -> Arc<Registry> {
+    REGISTRY
+        .get_or_init(|| async {
+            server::registry(None).await.expect("FHIR core package installed (run scripts/fhir-packages.sh)")
+        })
+        .await
+        .clone()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn postgres_url() -> Option<String> {
+    std::env::var("CAREBRIDGE_TEST_POSTGRES").ok().filter(|s| !s.is_empty())
+}
+
+pub fn shared_dir() -> Option<PathBuf> {
+    let p = std::env::var("CAREBRIDGE_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")));
+    p.is_dir().then_some(p)
+}
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub services: Services,
+    running: Option<Running>,
+    _dir: tempfile::TempDir,
+    pg: Option<(String, String)>,
+}
+
+fn with_db(url: &str, db: &str) -> String {
+    // replace (or add) the database name of a postgres URL
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match head[scheme_end..].find('/') {
+        Some(i) => &head[..scheme_end + i],
+        None => head,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+async fn pg_admin(url: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(&with_db(url, "postgres"), tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
+    let h = tokio::spawn(conn);
+    client.batch_execute(sql).await.expect("admin SQL");
+    drop(client);
+    let _ = h.await;
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> TestServer {
+        Self::start_with(backend, ApiConfig::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, api: ApiConfig) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (url, pg) = match backend {
+            Backend::Sqlite => (format!("sqlite:{}", dir.path().join("test.db").display()), None),
+            Backend::Postgres => {
+                let admin = postgres_url().expect("CAREBRIDGE_TEST_POSTGRES set");
+                let name = format!("carebridge_test_{}", uuid::Uuid::new_v4().simple());
+                pg_admin(&admin, &format!("CREATE DATABASE {name}")).await;
+                (with_db(&admin, &name), Some((admin, name)))
+            }
+        };
+        let store = carebridge::store::open(&url).await.expect("open store");
+        let services = Services { store, registry: registry().await };
+        let running = server::start(services.clone(), api, "127.0.0.1:0").await.expect("start server");
+        TestServer { base: running.base_url(), services, running: Some(running), _dir: dir, pg }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+        if let Some((admin, name)) = self.pg.take() {
+            drop(self.services.store.clone());
+            pg_admin(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // a test that panicked before stop(): still drop its database
+        if let Some((admin, name)) = self.pg.take() {
+            std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    rt.block_on(pg_admin(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")));
+                }
+            })
+            .join()
+            .ok();
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// Small HTTP helpers returning (status, headers, body JSON or Null).
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
+    /// The OperationOutcome's first diagnostics (for assertion messages).
+    pub fn diagnostics(&self) -> String {
+        self.json().pointer("/issue/0/diagnostics").and_then(Value::as_str).unwrap_or("").to_owned()
+    }
+}
+
+pub async fn send(rb: reqwest::RequestBuilder) -> Resp {
+    let r = rb.send().await.expect("request sent");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap_or_default();
+    Resp { status, headers, text }
+}
+
+pub async fn get(s: &TestServer, path: &str) -> Resp {
+    send(client().get(s.url(path))).await
+}
+
+pub async fn post_json(s: &TestServer, path: &str, body: &Value) -> Resp {
+    send(client().post(s.url(path)).header("content-type", "application/fhir+json").body(serde_json::to_vec(body).expect("json"))).await
+}
+
+pub async fn put_json(s: &TestServer, path: &str, body: &Value) -> Resp {
+    send(client().put(s.url(path)).header("content-type", "application/fhir+json").body(serde_json::to_vec(body).expect("json"))).await
+}
+
+pub async fn delete(s: &TestServer, path: &str) -> Resp {
+    send(client().delete(s.url(path))).await
+}
+
+/// Assert an OperationOutcome response with the given status.
+pub fn assert_outcome(r: &Resp, status: u16) {
+    assert_eq!(r.status, status, "expected {status}, got {} with body {}", r.status, r.text);
+    assert_eq!(r.json()["resourceType"], "OperationOutcome", "body is not an OperationOutcome: {}", r.text);
+    assert!(r.json()["issue"][0]["code"].is_string());
+}
+
+/// Ids of the `match` entries of a searchset.
+pub fn match_ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -123,6 +123,9 @@ fn entry_json(base: &str, x: EntryResult, include_resource: bool) -> Value {
             }
         }
     }
+    if let Some(oo) = &x.outcome {
+        resp.insert("outcome".into(), oo.to_json());
+    }
     e.insert("response".into(), Value::Object(resp));
     Value::Object(e)
 }

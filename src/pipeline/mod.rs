@@ -166,6 +166,21 @@ impl EntryResult {
     fn status_only(status: u16) -> Self {
         EntryResult { status, location: None, version: None, last_modified: None, body: None, outcome: None, target: None }
     }
+    /// An entry that failed on its own (batch entries, reads after a transaction's writes).
+    pub fn failed(e: &PipelineError) -> Self {
+        let status = match e {
+            PipelineError::BadRequest(_) | PipelineError::NotSupported(_) => 400,
+            PipelineError::NotFound(_) => 404,
+            PipelineError::Gone(_) => 410,
+            PipelineError::Conflict(_) => 409,
+            PipelineError::PreconditionFailed(_) => 412,
+            PipelineError::Unprocessable(_) => 422,
+            PipelineError::MethodNotAllowed(_) => 405,
+            PipelineError::Store(StoreError::Conflict(_)) => 409,
+            PipelineError::Store(_) => 500,
+        };
+        EntryResult { outcome: Some(e.outcome()), ..EntryResult::status_only(status) }
+    }
     fn from_row(status: u16, row: &ResourceRow) -> Self {
         EntryResult {
             status,
@@ -340,7 +355,11 @@ impl<'a> Pipeline<'a> {
         for &i in &order {
             let e = &entries[i];
             if matches!(e.method, Method::Get | Method::Head) {
-                results[i] = Some(self.read_entry(e).await.map_err(|err| err.in_entry(i))?);
+                // the writes are committed: a failing read is reported in its entry, not as a failed transaction
+                results[i] = Some(match self.read_entry(e).await {
+                    Ok(r) => r,
+                    Err(err) => EntryResult::failed(&err.in_entry(i)),
+                });
             }
         }
         Ok(results.into_iter().map(|r| r.unwrap_or_else(|| EntryResult::status_only(200))).collect())

@@ -6,5 +6,8 @@
 mod common;
 mod hl7v2_parse;
 mod rest;
+mod sdk_client;
 mod search;
 mod storage;
+mod tidy;
+mod transaction;

@@ -590,6 +590,11 @@ impl<'a> Pipeline<'a> {
                 let cur = p.current.as_ref().expect("matched row");
                 Ok((None, (i, EntryResult::from_row(200, cur))))
             }
+            Method::Put if cur_live.is_some_and(|c| same_content(c, p.resource.as_ref())) => {
+                // no-op update: identical content makes no new version (idempotent re-delivery)
+                let cur = cur_live.expect("checked");
+                Ok((None, (i, EntryResult::from_row(200, cur))))
+            }
             Method::Post | Method::Put => {
                 let id = p.id.clone().expect("resolved id");
                 let mut res = p.resource.expect("resource");
@@ -638,6 +643,30 @@ impl<'a> Pipeline<'a> {
             Target::Type(_) | Target::Conditional(..) => {
                 Err(PipelineError::NotSupported(OperationOutcome::error(IssueType::NotSupported, "search inside a batch/transaction is served by GET entries only for reads by id")))
             }
+        }
+    }
+}
+
+/// Does `new` carry the same content as the stored row (ignoring the server-set
+/// `meta.versionId` / `meta.lastUpdated`)?
+fn same_content(current: &ResourceRow, new: Option<&Value>) -> bool {
+    let (Some(body), Some(new)) = (&current.body, new) else { return false };
+    let Ok(mut cur) = serde_json::from_slice::<Value>(body) else { return false };
+    let mut new = new.clone();
+    if let Some(m) = new.as_object_mut() {
+        m.insert("id".into(), Value::String(current.id.clone()));
+    }
+    strip_server_meta(&mut cur);
+    strip_server_meta(&mut new);
+    cur == new
+}
+
+fn strip_server_meta(v: &mut Value) {
+    if let Some(Value::Object(meta)) = v.get_mut("meta") {
+        meta.remove("versionId");
+        meta.remove("lastUpdated");
+        if meta.is_empty() {
+            v.as_object_mut().map(|m| m.remove("meta"));
         }
     }
 }

@@ -3,6 +3,7 @@
 //! third-party data in `../shared` print that they were skipped when it is
 //! missing.
 
+mod cli;
 mod common;
 mod hl7v2_parse;
 mod rest;

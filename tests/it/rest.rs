@@ -40,8 +40,14 @@ async fn conditional_update_and_delete() {
     let r = put_json(&s, "Patient?identifier=urn:mrn|A1", &p("A1")).await;
     assert_eq!(r.status, 201, "{}", r.text);
     let id = r.json()["id"].as_str().unwrap().to_owned();
-    // one match → update that one
+    // one match, same content → no-op (still version 1)
     let r = put_json(&s, "Patient?identifier=urn:mrn|A1", &p("A1")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["meta"]["versionId"], "1");
+    // one match, changed content → update that one
+    let mut changed = p("A1");
+    changed["active"] = json!(false);
+    let r = put_json(&s, "Patient?identifier=urn:mrn|A1", &changed).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["id"], id.as_str());
     assert_eq!(r.json()["meta"]["versionId"], "2");

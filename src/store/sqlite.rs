@@ -49,7 +49,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     let sync = if sync.eq_ignore_ascii_case("FULL") { "FULL" } else { "NORMAL" };
     conn.execute_batch(&format!(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=10000;
-         PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY; PRAGMA mmap_size=268435456;"
+         PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY; PRAGMA mmap_size=268435456; PRAGMA wal_autocheckpoint=8192;"
     ))
 }
 
@@ -246,14 +246,31 @@ fn write_versions(conn: &mut Connection, ws: &[VersionWrite]) -> Result<()> {
     Ok(())
 }
 
+/// A transaction on the writer thread. It takes the writer lazily, on its
+/// first command, so the pipeline's CPU work before that (parsing, reference
+/// rewriting, index extraction) overlaps with other transactions' writes.
 pub struct SqliteTx {
-    cmds: mpsc::UnboundedSender<TxCmd>,
+    writer: std::sync::mpsc::Sender<WriterMsg>,
+    cmds: Option<mpsc::UnboundedSender<TxCmd>>,
 }
 
 impl SqliteTx {
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> TxCmd) -> Result<T> {
+    async fn started(&mut self) -> Result<&mpsc::UnboundedSender<TxCmd>> {
+        if self.cmds.is_none() {
+            let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+            let (ack_tx, ack_rx) = oneshot::channel();
+            self.writer
+                .send(WriterMsg::Begin(cmd_rx, ack_tx))
+                .map_err(|_| StoreError::Backend("sqlite writer gone".into()))?;
+            ack_rx.await.map_err(|_| StoreError::Backend("sqlite writer gone".into()))??;
+            self.cmds = Some(cmd_tx);
+        }
+        Ok(self.cmds.as_ref().expect("started"))
+    }
+
+    async fn call<T>(&mut self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> TxCmd) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.cmds.send(make(tx)).map_err(|_| StoreError::Backend("sqlite writer gone".into()))?;
+        self.started().await?.send(make(tx)).map_err(|_| StoreError::Backend("sqlite writer gone".into()))?;
         rx.await.map_err(|_| StoreError::Backend("sqlite writer gone".into()))?
     }
 }
@@ -261,7 +278,8 @@ impl SqliteTx {
 #[async_trait]
 impl StoreTx for SqliteTx {
     async fn lock(&mut self, _key: &str) -> Result<()> {
-        self.cmds.send(TxCmd::Lock).map_err(|_| StoreError::Backend("sqlite writer gone".into()))
+        // taking the writer is the lock
+        self.started().await?.send(TxCmd::Lock).map_err(|_| StoreError::Backend("sqlite writer gone".into()))
     }
     async fn current(&mut self, rtype: &str, id: &str) -> Result<Option<ResourceRow>> {
         let (t, i) = (rtype.to_owned(), id.to_owned());
@@ -273,7 +291,10 @@ impl StoreTx for SqliteTx {
     async fn write(&mut self, writes: Vec<VersionWrite>) -> Result<()> {
         self.call(|r| TxCmd::Write(writes, r)).await
     }
-    async fn commit(self: Box<Self>) -> Result<()> {
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        if self.cmds.is_none() {
+            return Ok(()); // nothing was done
+        }
         self.call(TxCmd::Commit).await
     }
 }
@@ -285,13 +306,7 @@ impl Store for SqliteStore {
     }
 
     async fn begin(&self) -> Result<Box<dyn StoreTx>> {
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let (ack_tx, ack_rx) = oneshot::channel();
-        self.writer
-            .send(WriterMsg::Begin(cmd_rx, ack_tx))
-            .map_err(|_| StoreError::Backend("sqlite writer gone".into()))?;
-        ack_rx.await.map_err(|_| StoreError::Backend("sqlite writer gone".into()))??;
-        Ok(Box::new(SqliteTx { cmds: cmd_tx }))
+        Ok(Box::new(SqliteTx { writer: self.writer.clone(), cmds: None }))
     }
 
     async fn read(&self, rtype: &str, id: &str) -> Result<Option<ResourceRow>> {

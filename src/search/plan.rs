@@ -115,8 +115,30 @@ fn table_of(kind: ParamKind) -> &'static str {
     }
 }
 
+/// Is this criterion a good driver (an equality lookup on an index)?
+fn can_drive(c: &Criterion) -> bool {
+    match c {
+        Criterion::Id(_) | Criterion::Chain { .. } | Criterion::Has { .. } => true,
+        Criterion::Param { param, modifier, .. } => {
+            matches!(param.kind, ParamKind::Token | ParamKind::Reference | ParamKind::String | ParamKind::Uri)
+                && modifier.as_deref() != Some("not")
+                && modifier.as_deref() != Some("contains")
+        }
+        _ => false,
+    }
+}
+
 /// SQL boolean expression over alias `r` (a `resources` row of type `rtype`).
+/// Index criteria are written as correlated `EXISTS` probes on `(rkey, param)`;
+/// see [`criterion_sql_as`] for the driving form.
 pub fn criterion_sql(rtype: &str, c: &Criterion) -> Result<Sql, SearchError> {
+    criterion_sql_as(rtype, c, false, "r.rkey")
+}
+
+/// `drive = true` writes an index criterion as `r.rkey IN (index lookup)`, the
+/// form a planner uses to drive the query from that index.
+/// `key` is the SQL expression of the resource key the criterion tests.
+fn criterion_sql_as(rtype: &str, c: &Criterion, drive: bool, key: &str) -> Result<Sql, SearchError> {
     let mut sql = Sql::default();
     match c {
         Criterion::Id(ids) => {
@@ -141,22 +163,29 @@ pub fn criterion_sql(rtype: &str, c: &Criterion) -> Result<Sql, SearchError> {
             or_join(&mut sql, parts);
         }
         Criterion::Missing { param, missing } => {
-            sql.push(if *missing { "r.rkey NOT IN (" } else { "r.rkey IN (" });
-            let mut s = Sql::new(format!("SELECT rkey FROM {} WHERE rtype = ", table_of(param.kind)));
-            s.text_param(rtype).push(" AND param = ").text_param(param.code.clone());
-            sql.append(s).push(")");
+            sql.push(if *missing { "NOT EXISTS (" } else { "EXISTS (" });
+            sql.push(&format!("SELECT 1 FROM {} x WHERE x.rkey = {key} AND x.param = ", table_of(param.kind)));
+            sql.text_param(param.code.clone()).push(")");
         }
         Criterion::Param { param, modifier, values } => {
             let negate = modifier.as_deref() == Some("not");
-            let mut sub = subquery(table_of(param.kind), rtype, &param.code);
             let mut parts = vec![];
             for v in values {
                 let mut s = Sql::default();
                 value_cond(&mut s, &param.code, param.kind, modifier.as_deref(), v)?;
                 parts.push(s);
             }
-            or_join(&mut sub, parts);
-            sql.push(if negate { "r.rkey NOT IN (" } else { "r.rkey IN (" }).append(sub).push(")");
+            if drive && !negate {
+                let mut sub = subquery(table_of(param.kind), rtype, &param.code);
+                or_join(&mut sub, parts);
+                sql.push(&format!("{key} IN (")).append(sub).push(")");
+            } else {
+                sql.push(if negate { "NOT EXISTS (" } else { "EXISTS (" });
+                sql.push(&format!("SELECT 1 FROM {} x WHERE x.rkey = {key} AND x.param = ", table_of(param.kind)));
+                sql.text_param(param.code.clone()).push(" AND ");
+                or_join(&mut sql, parts);
+                sql.push(")");
+            }
         }
         Criterion::Chain { param, targets } => {
             let mut parts = vec![];
@@ -164,10 +193,10 @@ pub fn criterion_sql(rtype: &str, c: &Criterion) -> Result<Sql, SearchError> {
                 let mut s = subquery("idx_reference", rtype, &param.code);
                 s.push("target_type = ").text_param(t.clone()).push(" AND target_id IN (SELECT r.id FROM resources r WHERE r.rtype = ");
                 s.text_param(t.clone()).push(" AND r.deleted = 0 AND ");
-                s.append(criterion_sql(t, inner)?).push(")");
+                s.append(criterion_sql_as(t, inner, true, "r.rkey")?).push(")");
                 parts.push(s);
             }
-            sql.push("r.rkey IN (");
+            sql.push(&format!("{key} IN ("));
             for (i, p) in parts.into_iter().enumerate() {
                 if i > 0 {
                     sql.push(" UNION ");
@@ -181,7 +210,7 @@ pub fn criterion_sql(rtype: &str, c: &Criterion) -> Result<Sql, SearchError> {
             sql.text_param(source_type.clone()).push(" AND param = ").text_param(ref_param.code.clone());
             sql.push(" AND target_type = ").text_param(rtype).push(" AND rkey IN (SELECT r.rkey FROM resources r WHERE r.rtype = ");
             sql.text_param(source_type.clone()).push(" AND r.deleted = 0 AND ");
-            sql.append(criterion_sql(source_type, inner)?).push("))");
+            sql.append(criterion_sql_as(source_type, inner, true, "r.rkey")?).push("))");
         }
     }
     Ok(sql)
@@ -287,11 +316,23 @@ fn value_cond(s: &mut Sql, code: &str, kind: ParamKind, modifier: Option<&str>, 
 }
 
 /// WHERE clause (without the word) for a request: type, not deleted, criteria.
+///
+/// The first criterion that is an index equality lookup drives the query;
+/// the others are probes. Without one, resources of the type are scanned in
+/// key order and probed (paging with `LIMIT` then stops early).
 pub fn where_sql(req: &SearchRequest) -> Result<Sql, SearchError> {
-    let mut sql = Sql::new("r.rtype = ");
-    sql.text_param(req.rtype.clone()).push(" AND r.deleted = 0");
-    for c in &req.criteria {
-        sql.push(" AND ").append(criterion_sql(&req.rtype, c)?);
+    let driver = req.criteria.iter().position(can_drive);
+    let mut sql = Sql::new("r.deleted = 0");
+    match driver.map(|i| &req.criteria[i]) {
+        // the driver's index lookup is already restricted to the type; repeating
+        // `r.rtype = ?` here would tempt a planner to scan the type instead
+        Some(Criterion::Param { .. }) => {}
+        _ => {
+            sql.push(" AND r.rtype = ").text_param(req.rtype.clone());
+        }
+    }
+    for (i, c) in req.criteria.iter().enumerate() {
+        sql.push(" AND ").append(criterion_sql_as(&req.rtype, c, Some(i) == driver, "r.rkey")?);
     }
     Ok(sql)
 }
@@ -339,8 +380,55 @@ pub fn parse_page(p: Option<&str>) -> Result<Page, SearchError> {
     }
 }
 
+/// Without `_sort`, when an index equality criterion can drive: select the
+/// page's keys entirely inside the index tables — the driver's index yields
+/// keys in order, the other criteria probe `(rkey, param)`, and `LIMIT` stops
+/// the scan early — then fetch just those rows.
+fn index_page_sql(req: &SearchRequest, page: Page) -> Result<Option<Sql>, SearchError> {
+    if !req.sort.is_empty() || matches!(page, Page::Offset(_)) {
+        return Ok(None);
+    }
+    let Some(di) = req.criteria.iter().position(can_drive) else { return Ok(None) };
+    let Criterion::Param { param, modifier, values } = &req.criteria[di] else { return Ok(None) };
+    if req.criteria.iter().any(|c| matches!(c, Criterion::Id(_) | Criterion::Has { .. })) {
+        return Ok(None); // these test r.id
+    }
+    let mut inner = Sql::new(format!("SELECT DISTINCT d.rkey FROM {} d WHERE d.rtype = ", table_of(param.kind)));
+    inner.text_param(req.rtype.clone()).push(" AND d.param = ").text_param(param.code.clone()).push(" AND ");
+    let mut parts = vec![];
+    for v in values {
+        let mut s = Sql::default();
+        value_cond(&mut s, &param.code, param.kind, modifier.as_deref(), v)?;
+        parts.push(s);
+    }
+    or_join(&mut inner, parts);
+    for (i, c) in req.criteria.iter().enumerate() {
+        if i != di {
+            inner.push(" AND ").append(criterion_sql_as(&req.rtype, c, false, "d.rkey")?);
+        }
+    }
+    let desc = matches!(page, Page::Before(_));
+    match page {
+        Page::After(k) => {
+            inner.push(" AND d.rkey > ").int_param(k);
+        }
+        Page::Before(k) => {
+            inner.push(" AND d.rkey < ").int_param(k);
+        }
+        _ => {}
+    }
+    let dir = if desc { " DESC" } else { " ASC" };
+    inner.push(&format!(" ORDER BY d.rkey{dir} LIMIT ")).int_param(req.count as i64 + 1);
+    let mut sql = Sql::new(format!("SELECT {RESOURCE_COLUMNS} FROM resources r WHERE r.deleted = 0 AND r.rkey IN ("));
+    sql.append(inner).push(&format!(") ORDER BY r.rkey{dir}"));
+    Ok(Some(sql))
+}
+
 /// The page query: fetches `count + 1` rows to know whether a next page exists.
 pub fn page_sql(req: &SearchRequest, page: Page) -> Result<Sql, SearchError> {
+    if let Some(sql) = index_page_sql(req, page)? {
+        return Ok(sql);
+    }
     let mut sql = Sql::new(format!("SELECT {RESOURCE_COLUMNS} FROM resources r WHERE "));
     sql.append(where_sql(req)?);
     let limit = req.count as i64 + 1;

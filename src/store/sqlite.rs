@@ -12,15 +12,36 @@
 use super::*;
 use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 const MIGRATION: &str = include_str!("migrations/sqlite.sql");
 
 pub struct SqliteStore {
-    readers: Mutex<Vec<Connection>>,
-    reader_slots: Semaphore,
+    readers: Arc<ReaderPool>,
     writer: std::sync::mpsc::Sender<WriterMsg>,
+}
+
+/// Read-only connections. A connection goes back to the pool from inside the
+/// closure that used it, so a cancelled request (client gone) cannot leak it.
+struct ReaderPool {
+    conns: Mutex<Vec<Connection>>,
+    slots: Arc<Semaphore>,
+}
+
+impl ReaderPool {
+    fn take(&self) -> Result<Connection> {
+        self.conns
+            .lock()
+            .map_err(|_| StoreError::Backend("reader pool poisoned".into()))?
+            .pop()
+            .ok_or_else(|| StoreError::Backend("reader pool empty".into()))
+    }
+    fn give(&self, c: Connection) {
+        if let Ok(mut v) = self.conns.lock() {
+            v.push(c);
+        }
+    }
 }
 
 enum WriterMsg {
@@ -88,7 +109,8 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(writer, rx))
             .map_err(|e| StoreError::Backend(e.to_string()))?;
-        Ok(SqliteStore { readers: Mutex::new(readers), reader_slots: Semaphore::new(n_readers), writer: tx })
+        let readers = Arc::new(ReaderPool { conns: Mutex::new(readers), slots: Arc::new(Semaphore::new(n_readers)) });
+        Ok(SqliteStore { readers, writer: tx })
     }
 
     /// Run `f` on a pooled reader connection in a blocking thread.
@@ -96,19 +118,33 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let _permit = self.reader_slots.acquire().await.map_err(|e| StoreError::Backend(e.to_string()))?;
-        let conn = self.readers.lock().map_err(|_| StoreError::Backend("reader pool poisoned".into()))?.pop();
-        let conn = conn.ok_or_else(|| StoreError::Backend("reader pool empty".into()))?;
-        let (conn, out) = tokio::task::spawn_blocking(move || {
+        let permit = self.readers.slots.clone().acquire_owned().await.map_err(|e| StoreError::Backend(e.to_string()))?;
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = pool.take()?;
             let out = f(&conn);
-            (conn, out)
+            pool.give(conn);
+            out
         })
         .await
-        .map_err(|e| StoreError::Backend(e.to_string()))?;
-        if let Ok(mut pool) = self.readers.lock() {
-            pool.push(conn);
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
+    /// Run a single keyed lookup (microseconds) on the calling worker thread;
+    /// falls back to a blocking thread when no reader is free.
+    async fn with_reader_inline<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if let Ok(permit) = self.readers.slots.clone().try_acquire_owned() {
+            let _permit = permit;
+            let conn = self.readers.take()?;
+            let out = f(&conn);
+            self.readers.give(conn);
+            return out;
         }
-        out
+        self.with_reader(f).await
     }
 }
 
@@ -311,12 +347,12 @@ impl Store for SqliteStore {
 
     async fn read(&self, rtype: &str, id: &str) -> Result<Option<ResourceRow>> {
         let (t, i) = (rtype.to_owned(), id.to_owned());
-        self.with_reader(move |c| read_current(c, &t, &i)).await
+        self.with_reader_inline(move |c| read_current(c, &t, &i)).await
     }
 
     async fn vread(&self, rtype: &str, id: &str, version: i64) -> Result<Option<HistoryRow>> {
         let (t, i) = (rtype.to_owned(), id.to_owned());
-        self.with_reader(move |c| {
+        self.with_reader_inline(move |c| {
             let mut st = c
                 .prepare_cached(
                     "SELECT hkey, rtype, id, version, last_updated, method, body FROM history

@@ -64,3 +64,23 @@ impl FileConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_unknown_keys() {
+        let c: FileConfig = toml::from_str(
+            "[server]\nlisten = \"0.0.0.0:9000\"\nmax_body_bytes = 1024\n[database]\nurl = \"postgres://x@h/db\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.as_deref(), Some("0.0.0.0:9000"));
+        assert_eq!(c.server.max_body_bytes, Some(1024));
+        assert_eq!(c.database.url.as_deref(), Some("postgres://x@h/db"));
+        assert!(toml::from_str::<FileConfig>("[server]\nlisen = \"typo\"\n").is_err());
+        let missing = FileConfig::load(Path::new("does-not-exist.toml"), false).unwrap();
+        assert!(missing.server.listen.is_none());
+        assert!(FileConfig::load(Path::new("does-not-exist.toml"), true).is_err());
+    }
+}

@@ -1,6 +1,6 @@
 //! History interaction (R4 `http.html` §3.1.0.12): instance, type and system
-//! history as a `history` Bundle, newest version first, with `_since`, `_at`
-//! (upper bound) and `_count`; paging continues strictly below the last
+//! history as a `history` Bundle, newest version first, with `_since` and
+//! `_count` (`_at` is not supported); paging continues strictly below the last
 //! version seen, so concurrent writes never shift pages.
 
 use super::error::ApiError;
@@ -27,7 +27,10 @@ pub async fn history(app: &AppState, r: &Req, t: Option<&str>, id: Option<&str>)
         }
     };
     let since = time("_since")?;
-    let before = time("_at")?;
+    if r.param("_at").is_some() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, crate::fhir::IssueType::NotSupported, "_at is not supported on history; use _since"));
+    }
+    let before = None;
     let before_hkey = match r.param("_page") {
         Some(p) => Some(p.strip_prefix('h').and_then(|n| n.parse().ok()).ok_or_else(|| ApiError::bad_request("bad _page token"))?),
         None => None,

@@ -12,7 +12,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
-const MIGRATION: &str = include_str!("migrations/postgres.sql");
+/// Schema migrations in order; `schema_version` records how many have run.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres.sql")];
 
 pub struct PgStore {
     pool: Pool,
@@ -127,11 +128,16 @@ impl PgStore {
         let pool = Pool::builder(mgr).max_size(size).build().map_err(pool_err)?;
         let c = pool.get().await.map_err(pool_err)?;
         // one migrator at a time across replicas
-        c.batch_execute(&format!(
-            "SELECT pg_advisory_lock(7234001); {MIGRATION}; SELECT pg_advisory_unlock(7234001);"
-        ))
-        .await
-        .map_err(backend)?;
+        c.batch_execute("SELECT pg_advisory_lock(7234001); CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            .await
+            .map_err(backend)?;
+        let done: i64 = c.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[]).await.map_err(backend)?.get(0);
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+            c.batch_execute(&format!("BEGIN; {m}; INSERT INTO schema_version (version) VALUES ({}); COMMIT;", i + 1))
+                .await
+                .map_err(backend)?;
+        }
+        c.batch_execute("SELECT pg_advisory_unlock(7234001)").await.map_err(backend)?;
         drop(c);
         Ok(PgStore { pool })
     }

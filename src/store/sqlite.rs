@@ -15,7 +15,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-const MIGRATION: &str = include_str!("migrations/sqlite.sql");
+/// Schema migrations in order; `schema_version` records how many have run.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite.sql")];
 
 pub struct SqliteStore {
     readers: Arc<ReaderPool>,
@@ -90,7 +91,7 @@ impl SqliteStore {
         }
         let writer = Connection::open(path).map_err(backend)?;
         configure(&writer).map_err(backend)?;
-        writer.execute_batch(MIGRATION).map_err(backend)?;
+        migrate(&writer)?;
         let n_readers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2) * 2;
         let mut readers = Vec::with_capacity(n_readers);
         for _ in 0..n_readers {
@@ -146,6 +147,16 @@ impl SqliteStore {
         }
         self.with_reader(f).await
     }
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)").map_err(backend)?;
+    let done: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0)).map_err(backend)?;
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+        conn.execute_batch(&format!("BEGIN; {m}; INSERT INTO schema_version (version) VALUES ({}); COMMIT;", i + 1))
+            .map_err(backend)?;
+    }
+    Ok(())
 }
 
 fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<WriterMsg>) {

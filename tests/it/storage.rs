@@ -70,6 +70,12 @@ async fn crud_and_history(s: &TestServer) {
     let r = put_json(s, &format!("Patient/{id}"), &json!({"resourceType": "Patient", "id": id})).await;
     assert_eq!(r.status, 201);
     assert_eq!(r.header("etag").as_deref(), Some("W/\"4\""));
+    // _since / _at bound the versions by lastUpdated
+    let v2_time = h["entry"][1]["response"]["lastModified"].as_str().unwrap().to_owned();
+    let since = get(s, &format!("Patient/{id}/_history?_since={}", v2_time.replace('+', "%2B"))).await.json();
+    let since_methods: Vec<&str> = since["entry"].as_array().unwrap().iter().map(|e| e["request"]["method"].as_str().unwrap()).collect();
+    assert_eq!(since_methods, vec!["PUT", "DELETE", "PUT"], "v4, v3, v2 — not v1");
+    assert_outcome(&get(s, &format!("Patient/{id}/_history?_since=yesterday")).await, 400);
     // type and system history include it
     let th = get(s, "Patient/_history?_count=100").await.json();
     assert!(th["entry"].as_array().unwrap().len() >= 5);

@@ -53,7 +53,7 @@ fn client() -> reqwest::Client {
 }
 
 pub async fn ingest(server: Option<String>, dir: PathBuf, concurrency: usize, limit: Option<usize>) -> Result<(), String> {
-    let mut files = super::collect_files(&[dir.clone()], &[".json"]).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut files = super::collect_files(std::slice::from_ref(&dir), &[".json"]).map_err(|e| format!("{}: {e}", dir.display()))?;
     if let Some(l) = limit {
         files.truncate(l);
     }

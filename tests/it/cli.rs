@@ -9,13 +9,13 @@ async fn load_into_store_and_server_is_idempotent() {
     let dir = fixtures().join("load");
     let s = TestServer::start(Backend::Sqlite).await;
     // straight into the store (same pipeline, in process)
-    let r = run(Target::Store(s.services.clone()), &[dir.clone()], 2, true).await.unwrap();
+    let r = run(Target::Store(s.services.clone()), std::slice::from_ref(&dir), 2, true).await.unwrap();
     assert!(r.failed.is_empty(), "{:?}", r.failed);
     assert_eq!(r.files, 3);
     assert_eq!(r.resources, 7);
     // through the server, twice: ids are kept (PUT), content unchanged → no new versions
     for _ in 0..2 {
-        let r = run(Target::Server(s.base.clone()), &[dir.clone()], 2, true).await.unwrap();
+        let r = run(Target::Server(s.base.clone()), std::slice::from_ref(&dir), 2, true).await.unwrap();
         assert!(r.failed.is_empty(), "{:?}", r.failed);
         assert_eq!(r.resources, 7);
     }

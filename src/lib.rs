@@ -12,3 +12,4 @@ pub mod server;
 pub mod services;
 pub mod store;
 pub mod translate;
+pub mod validate;

@@ -37,6 +37,9 @@ enum Cmd {
         /// FHIR package cache (default ~/.fhir/packages)
         #[arg(long, env = "CAREBRIDGE_PACKAGE_CACHE")]
         package_cache: Option<PathBuf>,
+        /// Validation on write: enforce (422 on errors), warn (store and log) or off
+        #[arg(long, env = "CAREBRIDGE_VALIDATION", default_value = "enforce")]
+        validation: carebridge::services::ValidationMode,
     },
     /// Load Bundles / NDJSON files or folders through the write pipeline
     Load {
@@ -55,6 +58,15 @@ enum Cmd {
         /// No progress bar
         #[arg(long)]
         quiet: bool,
+    },
+    /// Validate resources or Bundles offline against the R4 core definitions
+    Validate {
+        /// Files or folders (*.json)
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print every issue, not only errors
+        #[arg(long)]
+        verbose: bool,
     },
     /// Benchmarks (print figures)
     Bench {
@@ -119,7 +131,7 @@ async fn main() -> ExitCode {
         }
     };
     let result = match cli.cmd {
-        Cmd::Serve { listen, db, base_url, max_body_bytes, package_cache } => {
+        Cmd::Serve { listen, db, base_url, max_body_bytes, package_cache, validation } => {
             let listen = listen.or(file.server.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
             let opts = ServerOptions {
                 database_url: db.or(file.database.url).unwrap_or_else(|| "sqlite:data/carebridge.db".into()),
@@ -128,6 +140,7 @@ async fn main() -> ExitCode {
                     base_url: base_url.or(file.server.base_url),
                     max_body_bytes: max_body_bytes.or(file.server.max_body_bytes).unwrap_or(ApiConfig::default().max_body_bytes),
                 },
+                validation,
             };
             serve(opts, &listen).await
         }
@@ -139,6 +152,7 @@ async fn main() -> ExitCode {
                         database_url: db.or(file.database.url).unwrap_or_else(|| "sqlite:data/carebridge.db".into()),
                         package_cache: file.fhir.package_cache.map(PathBuf::from),
                         api: ApiConfig::default(),
+                        validation: Default::default(),
                     };
                     server::services(&opts).await.map(cli::load::Target::Store).map_err(|e| e.to_string())
                 }
@@ -164,6 +178,7 @@ async fn main() -> ExitCode {
                 },
             }
         }
+        Cmd::Validate { paths, verbose } => cli::validate::run(&paths, file.fhir.package_cache.map(PathBuf::from), verbose),
         Cmd::Bench { which } => match which {
             BenchCmd::Ingest { bundles, server, concurrency, limit } => cli::bench::ingest(server, bundles, concurrency, limit).await,
             BenchCmd::Read { server, resources, concurrency, seconds } => cli::bench::read(server, resources, concurrency, seconds).await,

@@ -6,7 +6,8 @@
 use crate::api::{self, ApiConfig, AppState};
 use crate::fhir::definitions::{package_cache_dir, Definitions, DefinitionsError};
 use crate::search::Registry;
-use crate::services::Services;
+use crate::services::{Services, ValidationMode};
+use crate::validate::{ValidateError, Validator};
 use crate::store::{self, StoreError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +19,8 @@ pub enum ServerError {
     Definitions(#[from] DefinitionsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Validate(#[from] ValidateError),
     #[error("listening on {0}: {1}")]
     Bind(String, std::io::Error),
 }
@@ -27,6 +30,7 @@ pub struct ServerOptions {
     pub database_url: String,
     pub package_cache: Option<PathBuf>,
     pub api: ApiConfig,
+    pub validation: ValidationMode,
 }
 
 /// Load the core definitions and build the search registry.
@@ -47,11 +51,21 @@ pub async fn registry(package_cache: Option<PathBuf>) -> Result<Arc<Registry>, S
     Ok(Arc::new(registry))
 }
 
+/// Compile the core StructureDefinitions for validation.
+pub async fn validator(package_cache: Option<PathBuf>) -> Result<Arc<Validator>, ServerError> {
+    let cache = package_cache.unwrap_or_else(package_cache_dir);
+    let t0 = std::time::Instant::now();
+    let v = tokio::task::spawn_blocking(move || Validator::load(&cache)).await.expect("validator loader thread")?;
+    tracing::info!(definitions = v.model.by_url.len(), ms = t0.elapsed().as_millis() as u64, "validator compiled");
+    Ok(Arc::new(v))
+}
+
 /// Load definitions and open the store.
 pub async fn services(opts: &ServerOptions) -> Result<Services, ServerError> {
     let registry = registry(opts.package_cache.clone()).await?;
+    let validator = validator(opts.package_cache.clone()).await?;
     let store = store::open(&opts.database_url).await?;
-    Ok(Services { store, registry })
+    Ok(Services { store, registry, validator, validation: opts.validation })
 }
 
 /// A running server (for tests and benchmarks): address and shutdown handle.

@@ -1,12 +1,40 @@
-//! The services every layer above `store` and `search` shares: the store and
-//! the search-parameter registry (built once at start from the definitions).
+//! The services every layer above `store`, `search` and `validate` shares:
+//! the store, the search-parameter registry and the validator (both built
+//! once at start from the definitions), and the validation policy.
 
 use crate::search::Registry;
 use crate::store::Store;
+use crate::validate::Validator;
 use std::sync::Arc;
+
+/// What the write pipeline does with validation errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValidationMode {
+    /// reject the write (422) — the default
+    #[default]
+    Enforce,
+    /// store, and log the issues for operators
+    Warn,
+    /// do not validate on write
+    Off,
+}
+
+impl std::str::FromStr for ValidationMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "enforce" => Ok(ValidationMode::Enforce),
+            "warn" => Ok(ValidationMode::Warn),
+            "off" => Ok(ValidationMode::Off),
+            _ => Err(format!("validation mode '{s}': expected enforce, warn or off")),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Services {
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
+    pub validator: Arc<Validator>,
+    pub validation: ValidationMode,
 }

@@ -41,6 +41,7 @@ pub async fn target(server: Option<String>) -> Result<Target, String> {
         database_url: format!("sqlite:{}", dir.join("bench.db").display()),
         package_cache: None,
         api: Default::default(),
+        validation: Default::default(),
     };
     let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
     let running = crate::server::start(services, opts.api, "127.0.0.1:0").await.map_err(|e| e.to_string())?;

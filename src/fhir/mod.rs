@@ -13,6 +13,7 @@ pub mod datetime;
 pub mod definitions;
 pub mod json;
 pub mod outcome;
+pub mod reference;
 
 pub use outcome::{IssueType, OperationOutcome, Severity};
 

@@ -336,6 +336,7 @@ impl<'a> Pipeline<'a> {
                 resolve::rewrite_references(self.services, &mut tx, res, &ids).await.map_err(|e| e.in_entry(p.index))?;
             }
         }
+        self.validate(&planned, n)?;
 
         let mut results: Vec<Option<EntryResult>> = vec![None; n];
         let mut writes = Vec::new();
@@ -390,6 +391,37 @@ impl<'a> Pipeline<'a> {
             out.push(r.map_err(|err| err.in_entry(i)));
         }
         out
+    }
+
+    /// Validate every resource to be written; in enforce mode any error fails
+    /// the whole request with 422 and every issue, located at its entry.
+    fn validate(&self, planned: &[Planned], n_entries: usize) -> Result<(), PipelineError> {
+        use crate::services::ValidationMode;
+        if self.services.validation == ValidationMode::Off {
+            return Ok(());
+        }
+        let mut all = OperationOutcome::new();
+        for p in planned {
+            let Some(res) = p.resource.as_ref().filter(|_| !p.matched) else { continue };
+            let mut oo = self.services.validator.validate(res);
+            oo.issues.retain(|i| i.severity <= crate::fhir::Severity::Error);
+            if oo.issues.is_empty() {
+                continue;
+            }
+            let oo = if n_entries > 1 { oo.in_entry(p.index) } else { oo };
+            all.issues.extend(oo.issues);
+        }
+        if all.issues.is_empty() {
+            return Ok(());
+        }
+        match self.services.validation {
+            ValidationMode::Enforce => Err(PipelineError::Unprocessable(all)),
+            _ => {
+                // warn-only: stored anyway; operators see the issue count (never patient data) in the log
+                tracing::warn!(issues = all.issues.len(), "stored resources with validation errors (warn mode)");
+                Ok(())
+            }
+        }
     }
 
     /// Structural checks of a resource body for a type.

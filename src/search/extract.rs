@@ -341,24 +341,9 @@ pub fn token_rows(param: &str, nodes: &[Node<'_>], out: &mut Vec<IndexRow>) {
     }
 }
 
-/// Split a reference into (type, id) when it is a relative `Type/id[/_history/v]`.
+/// Split a reference into (type, id); see [`crate::fhir::reference::parse`].
 pub fn parse_reference(r: &str) -> (Option<String>, Option<String>) {
-    if r.starts_with('#') || r.starts_with("urn:") || r.contains("://") {
-        if r.contains("://") {
-            let parts: Vec<&str> = r.trim_end_matches('/').split('/').collect();
-            let n = parts.len();
-            let (t, i) = if n >= 4 && parts[n - 2] == "_history" { (parts[n - 4], parts[n - 3]) } else if n >= 2 { (parts[n - 2], parts[n - 1]) } else { ("", "") };
-            if crate::fhir::looks_like_type(t) && crate::fhir::is_valid_id(i) {
-                return (Some(t.to_owned()), Some(i.to_owned()));
-            }
-        }
-        return (None, None);
-    }
-    let parts: Vec<&str> = r.split('/').collect();
-    match parts.as_slice() {
-        [t, i] | [t, i, "_history", _] if crate::fhir::looks_like_type(t) => (Some((*t).to_owned()), Some((*i).to_owned())),
-        _ => (None, None),
-    }
+    crate::fhir::reference::parse(r)
 }
 
 pub fn reference_rows(param: &str, nodes: &[Node<'_>], out: &mut Vec<IndexRow>) {

@@ -5,7 +5,7 @@
 use carebridge::api::ApiConfig;
 use carebridge::search::Registry;
 use carebridge::server::{self, Running};
-use carebridge::services::Services;
+use carebridge::services::{Services, ValidationMode};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -82,6 +82,10 @@ impl TestServer {
     }
 
     pub async fn start_with(backend: Backend, api: ApiConfig) -> TestServer {
+        Self::start_opts(backend, api, ValidationMode::Enforce).await
+    }
+
+    pub async fn start_opts(backend: Backend, api: ApiConfig, validation: ValidationMode) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let (url, pg) = match backend {
             Backend::Sqlite => (format!("sqlite:{}", dir.path().join("test.db").display()), None),
@@ -93,7 +97,12 @@ impl TestServer {
             }
         };
         let store = carebridge::store::open(&url).await.expect("open store");
-        let services = Services { store, registry: registry().await };
+        let services = Services {
+            store,
+            registry: registry().await,
+            validator: crate::validator_suite::validator_arc().await,
+            validation,
+        };
         let running = server::start(services.clone(), api, "127.0.0.1:0").await.expect("start server");
         TestServer { base: running.base_url(), services, running: Some(running), _dir: dir, pg }
     }

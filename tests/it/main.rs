@@ -12,3 +12,4 @@ mod search;
 mod storage;
 mod tidy;
 mod transaction;
+mod validator_suite;

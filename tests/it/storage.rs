@@ -3,12 +3,19 @@
 //! check talks to the real server over HTTP.
 
 use crate::common::*;
+use carebridge::services::ValidationMode;
 use serde_json::{json, Value};
 
 async fn suite(backend: Backend) {
     let s = TestServer::start(backend).await;
     crud_and_history(&s).await;
-    exact_bytes(&s).await;
+    exact_decimals_valid(&s).await;
+    {
+        // unknown elements are kept when validation does not reject them
+        let w = TestServer::start_opts(backend, Default::default(), ValidationMode::Warn).await;
+        exact_bytes(&w).await;
+        w.stop().await;
+    }
     transaction_atomic(&s).await;
     conditional_create_race(&s).await;
     paging_under_writes(&s).await;
@@ -85,6 +92,21 @@ async fn crud_and_history(s: &TestServer) {
     let sh2 = send(client().get(next)).await.json();
     assert_eq!(sh2["entry"].as_array().unwrap().len(), 2);
     assert_ne!(sh["entry"][0]["response"]["lastModified"].as_str().map(|_| sh["entry"][1]["fullUrl"].clone()), Some(sh2["entry"][0]["fullUrl"].clone()));
+}
+
+async fn exact_decimals_valid(s: &TestServer) {
+    let raw = r#"{"resourceType":"Observation","status":"final","code":{"text":"weight"},"valueQuantity":{"value":67.50,"unit":"kg"},"referenceRange":[{"low":{"value":-0.0},"high":{"value":100.000}}],"extension":[{"url":"http://example.org/x","valueDecimal":2.10}]}"#;
+    let r = send(client().post(s.url("Observation")).header("content-type", "application/fhir+json").body(raw)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let read = get(s, &format!("Observation/{}", r.json()["id"].as_str().unwrap())).await.text;
+    for frag in [r#""value":67.50"#, r#""value":-0.0"#, r#""value":100.000"#, r#""valueDecimal":2.10"#] {
+        assert!(read.contains(frag), "{frag} in {read}");
+    }
+    // the same content with an unknown element is rejected (422) under enforced validation
+    let bad = raw.replacen(r#""status":"final","#, r#""status":"final","unknownElement":1,"#, 1);
+    let r = send(client().post(s.url("Observation")).header("content-type", "application/fhir+json").body(bad)).await;
+    assert_outcome(&r, 422);
+    assert!(r.text.contains("Observation.unknownElement"), "{}", r.text);
 }
 
 async fn exact_bytes(s: &TestServer) {

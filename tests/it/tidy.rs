@@ -18,6 +18,7 @@ fn ranks() -> HashMap<&'static str, u8> {
         ("read", 4),
         ("services", 5),
         ("search", 6),
+        ("validate", 6),
         ("store", 7),
         ("fhirpath", 8),
         ("fhir", 8),

@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod fhir;
+pub mod fhirpath;
 pub mod pipeline;
 pub mod read;
 pub mod search;

@@ -88,6 +88,9 @@ enum BenchCmd {
         /// Only the first N bundles
         #[arg(long)]
         limit: Option<usize>,
+        /// Validation on write in the in-process gateway: enforce, warn or off
+        #[arg(long, default_value = "enforce")]
+        validation: carebridge::services::ValidationMode,
     },
     /// GET by id: req/s, p50, p99
     Read {
@@ -180,7 +183,9 @@ async fn main() -> ExitCode {
         }
         Cmd::Validate { paths, verbose } => cli::validate::run(&paths, file.fhir.package_cache.map(PathBuf::from), verbose),
         Cmd::Bench { which } => match which {
-            BenchCmd::Ingest { bundles, server, concurrency, limit } => cli::bench::ingest(server, bundles, concurrency, limit).await,
+            BenchCmd::Ingest { bundles, server, concurrency, limit, validation } => {
+                cli::bench::ingest(server, bundles, concurrency, limit, validation).await
+            }
             BenchCmd::Read { server, resources, concurrency, seconds } => cli::bench::read(server, resources, concurrency, seconds).await,
             BenchCmd::Search { server, observations, concurrency, seconds } => {
                 cli::bench::search(server, observations, concurrency, seconds).await

@@ -17,6 +17,7 @@ mod history;
 mod metadata;
 pub mod negotiate;
 mod search;
+mod validate;
 
 use crate::fhir::IssueType;
 use crate::services::Services;
@@ -197,6 +198,23 @@ async fn route(app: &AppState, r: Req) -> Result<Response, ApiError> {
                 Method::PUT => crud::conditional_update(app, &r, t).await,
                 Method::DELETE => crud::conditional_delete(app, &r, t).await,
                 _ => Err(method_not_allowed(&r)),
+            }
+        }
+        [t, "$validate"] => {
+            check_type(app, t)?;
+            if m == Method::POST {
+                validate::validate(app, &r, t, None).await
+            } else {
+                Err(method_not_allowed(&r))
+            }
+        }
+        [t, id, "$validate"] => {
+            check_type(app, t)?;
+            check_id(id)?;
+            if m == Method::POST || get {
+                validate::validate(app, &r, t, Some(id)).await
+            } else {
+                Err(method_not_allowed(&r))
             }
         }
         [t, "_search"] => {

@@ -32,6 +32,11 @@ impl Drop for Target {
 
 /// Use `server`, or start an in-process gateway on a fresh SQLite file.
 pub async fn target(server: Option<String>) -> Result<Target, String> {
+    target_with(server, Default::default()).await
+}
+
+/// [`target`] with a validation mode for the in-process gateway.
+pub async fn target_with(server: Option<String>, validation: crate::services::ValidationMode) -> Result<Target, String> {
     if let Some(s) = server {
         return Ok(Target { base: s.trim_end_matches('/').to_owned(), _server: None, _dir: None });
     }
@@ -41,7 +46,7 @@ pub async fn target(server: Option<String>) -> Result<Target, String> {
         database_url: format!("sqlite:{}", dir.join("bench.db").display()),
         package_cache: None,
         api: Default::default(),
-        validation: Default::default(),
+        validation,
     };
     let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
     let running = crate::server::start(services, opts.api, "127.0.0.1:0").await.map_err(|e| e.to_string())?;
@@ -53,7 +58,13 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("http client")
 }
 
-pub async fn ingest(server: Option<String>, dir: PathBuf, concurrency: usize, limit: Option<usize>) -> Result<(), String> {
+pub async fn ingest(
+    server: Option<String>,
+    dir: PathBuf,
+    concurrency: usize,
+    limit: Option<usize>,
+    validation: crate::services::ValidationMode,
+) -> Result<(), String> {
     let mut files = super::collect_files(std::slice::from_ref(&dir), &[".json"]).map_err(|e| format!("{}: {e}", dir.display()))?;
     if let Some(l) = limit {
         files.truncate(l);
@@ -71,7 +82,7 @@ pub async fn ingest(server: Option<String>, dir: PathBuf, concurrency: usize, li
         resources += v.get("entry").and_then(Value::as_array).map_or(0, Vec::len);
     }
     let parse_s = t0.elapsed().as_secs_f64();
-    let t = target(server).await?;
+    let t = target_with(server, validation).await?;
     let c = client();
     let bodies = Arc::new(bodies);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -107,7 +118,11 @@ pub async fn ingest(server: Option<String>, dir: PathBuf, concurrency: usize, li
         errors += r.unwrap_or(1);
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("bench ingest: {} bundles, {resources} resources, {:.1} MB, {concurrency} clients", files.len(), total_bytes as f64 / 1e6);
+    println!(
+        "bench ingest: {} bundles, {resources} resources, {:.1} MB, {concurrency} clients, validation {validation:?}",
+        files.len(),
+        total_bytes as f64 / 1e6
+    );
     println!("  ingest:       {:>10.0} resources/s  ({secs:.2} s, {errors} failed bundles)", resources as f64 / secs);
     println!("  parse only:   {:>10.0} resources/s  ({parse_s:.2} s, serde_json ceiling)", resources as f64 / parse_s);
     Ok(())

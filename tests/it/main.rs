@@ -5,6 +5,7 @@
 
 mod cli;
 mod common;
+mod fhirpath_suite;
 mod hl7v2_parse;
 mod rest;
 mod sdk_client;

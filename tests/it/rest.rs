@@ -159,3 +159,43 @@ async fn capability_statement_reflects_registry() {
     assert!(!names.contains(&"code-value-quantity"), "composite parameters are not advertised");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn validate_operation_and_validate_on_write() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    // $validate: 200 with the issues, nothing stored
+    let bad = json!({"resourceType": "Patient", "birthDate": "1970-13-01", "gender": ["male"], "nickname": "x"});
+    let r = post_json(&s, "Patient/$validate", &bad).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let issues = r.json()["issue"].as_array().unwrap().clone();
+    let exprs: Vec<&str> = issues.iter().flat_map(|i| i["expression"].as_array().unwrap().iter().map(|e| e.as_str().unwrap())).collect();
+    assert!(exprs.contains(&"Patient.birthDate") && exprs.contains(&"Patient.gender") && exprs.contains(&"Patient.nickname"), "{exprs:?}");
+    let ok = post_json(&s, "Patient/$validate", &json!({"resourceType": "Patient", "birthDate": "1970-12-01"})).await;
+    assert_eq!(ok.json()["issue"][0]["severity"], "information");
+    // Parameters form with mode=update and a profile this server does not know
+    let params = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": {"resourceType": "Patient"}},
+        {"name": "mode", "valueCode": "update"},
+        {"name": "profile", "valueUri": "http://example.org/StructureDefinition/unknown"}]});
+    let r = post_json(&s, "Patient/x1/$validate", &params).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["issue"].as_array().unwrap().len(), 2, "{}", r.text);
+    assert_outcome(&post_json(&s, "Patient/$validate", &json!({"resourceType": "Observation"})).await, 400);
+    assert_eq!(get(&s, "Patient?_summary=count").await.json()["total"], 0, "$validate stores nothing");
+    // validate-on-write: 422 with every issue; in a transaction located at the entry; nothing stored
+    let r = post_json(&s, "Patient", &bad).await;
+    assert_outcome(&r, 422);
+    assert_eq!(r.json()["issue"].as_array().unwrap().len(), issues.len());
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "status": "final"}, "request": {"method": "POST", "url": "Observation"}}]});
+    let r = post_json(&s, "", &tx).await;
+    assert_outcome(&r, 422);
+    assert!(r.text.contains("Bundle.entry[1].resource"), "{}", r.text);
+    assert!(r.text.contains("Observation.code: minimum required = 1"), "{}", r.text);
+    assert_eq!(get(&s, "Patient?_summary=count").await.json()["total"], 0);
+    // stored resources validate via GET [type]/[id]/$validate
+    let id = post_json(&s, "Patient", &json!({"resourceType": "Patient", "active": true})).await.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(get(&s, &format!("Patient/{id}/$validate")).await.json()["issue"][0]["severity"], "information");
+    s.stop().await;
+}

@@ -1,0 +1,68 @@
+//! `$validate` (R4 `resource-operation-validate.html`): `POST [type]/$validate`
+//! and `POST [type]/[id]/$validate` with the resource as the body or inside a
+//! `Parameters` (`resource`, `mode` = create | update | delete, `profile`),
+//! and `GET [type]/[id]/$validate` for the stored version. The answer is 200
+//! with an OperationOutcome listing the issues ("All OK" when none); a request
+//! that is not a resource at all is a 400. Nothing is stored.
+//!
+//! `profile`: the core definitions are known; other profiles (the regional
+//! packs) arrive with the rest of the validation issue and are reported as
+//! not known for now.
+
+use super::error::ApiError;
+use super::negotiate::fhir_response;
+use super::{AppState, Req};
+use crate::fhir::{json, IssueType, OperationOutcome, Severity};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::Value;
+
+pub async fn validate(app: &AppState, r: &Req, t: &str, id: Option<&str>) -> Result<Response, ApiError> {
+    let (resource, mode, profile) = if r.method == axum::http::Method::GET {
+        let Some(id) = id else { return Err(ApiError::bad_request("GET $validate needs an instance id")) };
+        let row = app.services.store.read(t, id).await?;
+        let body = row.and_then(|x| x.body).ok_or_else(|| ApiError::not_found(format!("{t}/{id} is not known")))?;
+        (json::parse(&body).map_err(ApiError::bad_request)?, None, r.param("profile").map(str::to_owned))
+    } else {
+        if r.body.is_empty() {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, IssueType::Required, "$validate needs a resource or Parameters body"));
+        }
+        let v = json::parse(&r.body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, IssueType::Structure, e))?;
+        if json::resource_type(&v) == Some("Parameters") && t != "Parameters" {
+            let params = v.get("parameter").and_then(Value::as_array).cloned().unwrap_or_default();
+            let get = |name: &str| params.iter().find(|p| p["name"] == name);
+            let res = get("resource").and_then(|p| p.get("resource")).cloned().ok_or_else(|| ApiError::bad_request("Parameters has no 'resource'"))?;
+            let mode = get("mode").and_then(|p| p.get("valueCode")).and_then(Value::as_str).map(str::to_owned);
+            let profile = get("profile").and_then(|p| p.get("valueUri").or_else(|| p.get("valueCanonical"))).and_then(Value::as_str).map(str::to_owned);
+            (res, mode, profile.or_else(|| r.param("profile").map(str::to_owned)))
+        } else {
+            (v, r.param("mode").map(str::to_owned), r.param("profile").map(str::to_owned))
+        }
+    };
+    if json::resource_type(&resource) != Some(t) {
+        return Err(ApiError::bad_request(format!("$validate on {t} needs a {t} resource")));
+    }
+    let mut oo = match mode.as_deref() {
+        None | Some("create") | Some("update") => app.services.validator.validate(&resource),
+        Some("delete") => OperationOutcome::new(),
+        Some(m) => return Err(ApiError::bad_request(format!("mode '{m}' is not one of create, update, delete"))),
+    };
+    if mode.as_deref() == Some("update") {
+        match (resource.get("id").and_then(Value::as_str), id) {
+            (None, _) => {
+                oo.push(Severity::Error, IssueType::Required, "mode=update: the resource must have an id", Some(format!("{t}.id")));
+            }
+            (Some(rid), Some(url_id)) if rid != url_id => {
+                oo.push(Severity::Error, IssueType::Invalid, format!("mode=update: resource id '{rid}' differs from the URL id '{url_id}'"), Some(format!("{t}.id")));
+            }
+            _ => {}
+        }
+    }
+    if let Some(p) = profile {
+        let known = app.services.validator.model.by_url.get(p.split('|').next().unwrap_or(&p)).is_some_and(|sd| sd.type_name == t);
+        if !known {
+            oo.push(Severity::Error, IssueType::NotSupported, format!("profile '{p}' is not known to this server for {t}"), None);
+        }
+    }
+    Ok(fhir_response(StatusCode::OK, serde_json::to_vec(&oo.to_json()).unwrap_or_default(), r.pretty))
+}

@@ -37,6 +37,9 @@ enum Cmd {
         /// FHIR package cache (default ~/.fhir/packages)
         #[arg(long, env = "CAREBRIDGE_PACKAGE_CACHE")]
         package_cache: Option<PathBuf>,
+        /// Also listen for HL7 v2 over MLLP at this address (e.g. 127.0.0.1:2575)
+        #[arg(long, env = "CAREBRIDGE_MLLP")]
+        mllp: Option<String>,
         /// Validation on write: enforce (422 on errors), warn (store and log) or off
         #[arg(long, env = "CAREBRIDGE_VALIDATION", default_value = "enforce")]
         validation: carebridge::services::ValidationMode,
@@ -134,7 +137,7 @@ async fn main() -> ExitCode {
         }
     };
     let result = match cli.cmd {
-        Cmd::Serve { listen, db, base_url, max_body_bytes, package_cache, validation } => {
+        Cmd::Serve { listen, db, base_url, max_body_bytes, package_cache, validation, mllp } => {
             let listen = listen.or(file.server.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
             let opts = ServerOptions {
                 database_url: db.or(file.database.url).unwrap_or_else(|| "sqlite:data/carebridge.db".into()),
@@ -145,7 +148,7 @@ async fn main() -> ExitCode {
                 },
                 validation,
             };
-            serve(opts, &listen).await
+            serve(opts, &listen, mllp.as_deref()).await
         }
         Cmd::Load { paths, server, db, concurrency, quiet } => {
             let target = match server {
@@ -201,10 +204,13 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(opts: ServerOptions, listen: &str) -> Result<(), String> {
+async fn serve(opts: ServerOptions, listen: &str, mllp: Option<&str>) -> Result<(), String> {
     let services = server::services(&opts).await.map_err(|e| e.to_string())?;
     let kind = services.store.kind();
-    let running = server::start(services, opts.api.clone(), listen).await.map_err(|e| e.to_string())?;
+    let running = server::start_with_mllp(services, opts.api.clone(), listen, mllp).await.map_err(|e| e.to_string())?;
+    if let Some(m) = running.mllp_addr {
+        tracing::info!(addr = %m, "HL7 v2 MLLP listening");
+    }
     tracing::info!(addr = %running.addr, store = kind, "carebridge listening");
     server::shutdown_signal().await;
     tracing::info!("shutting down");

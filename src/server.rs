@@ -4,6 +4,7 @@
 //! server on a free loopback port).
 
 use crate::api::{self, ApiConfig, AppState};
+use crate::ingest::hl7v2::Hl7Config;
 use crate::fhir::definitions::{package_cache_dir, Definitions, DefinitionsError};
 use crate::search::Registry;
 use crate::services::{Services, ValidationMode};
@@ -71,6 +72,8 @@ pub async fn services(opts: &ServerOptions) -> Result<Services, ServerError> {
 /// A running server (for tests and benchmarks): address and shutdown handle.
 pub struct Running {
     pub addr: SocketAddr,
+    /// the MLLP listener's address, when one was started
+    pub mllp_addr: Option<SocketAddr>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub handle: tokio::task::JoinHandle<()>,
 }
@@ -89,9 +92,25 @@ impl Running {
 
 /// Start serving on `listen` (port 0 = a free port) in the background.
 pub async fn start(services: Services, api_config: ApiConfig, listen: &str) -> Result<Running, ServerError> {
+    start_with_mllp(services, api_config, listen, None).await
+}
+
+/// [`start`], plus an MLLP listener for HL7 v2 when `mllp` is given.
+pub async fn start_with_mllp(services: Services, api_config: ApiConfig, listen: &str, mllp: Option<&str>) -> Result<Running, ServerError> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| ServerError::Bind(listen.to_owned(), e))?;
     let addr = listener.local_addr().map_err(|e| ServerError::Bind(listen.to_owned(), e))?;
-    let app = api::router(Arc::new(AppState { services, config: api_config }));
+    let hl7 = Hl7Config::default();
+    let mllp_addr = match mllp {
+        Some(m) => {
+            let l = tokio::net::TcpListener::bind(m).await.map_err(|e| ServerError::Bind(m.to_owned(), e))?;
+            let a = l.local_addr().map_err(|e| ServerError::Bind(m.to_owned(), e))?;
+            let (s, c) = (services.clone(), Arc::new(hl7.clone()));
+            tokio::spawn(async move { crate::ingest::mllp::serve(l, s, c).await });
+            Some(a)
+        }
+        None => None,
+    };
+    let app = api::router(Arc::new(AppState { services, config: api_config, hl7 }));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -100,7 +119,7 @@ pub async fn start(services: Services, api_config: ApiConfig, listen: &str) -> R
             })
             .await;
     });
-    Ok(Running { addr, shutdown: Some(tx), handle })
+    Ok(Running { addr, mllp_addr, shutdown: Some(tx), handle })
 }
 
 /// Wait for Ctrl-C or SIGTERM.

@@ -14,6 +14,7 @@ mod bundle;
 mod crud;
 pub mod error;
 mod history;
+mod hl7v2;
 mod metadata;
 pub mod negotiate;
 mod search;
@@ -47,6 +48,8 @@ impl Default for ApiConfig {
 pub struct AppState {
     pub services: Services,
     pub config: ApiConfig,
+    /// HL7 v2 ingest settings (institutions by sending facility)
+    pub hl7: crate::ingest::hl7v2::Hl7Config,
 }
 
 pub type Shared = Arc<AppState>;
@@ -121,7 +124,10 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
         .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
         .unwrap_or_default();
     let format = query.iter().find(|(k, _)| k == "_format").map(|(_, v)| v.as_str());
-    negotiate::check_accept(&parts.headers, format)?;
+    let is_v2 = parts.uri.path().trim_matches('/') == "hl7v2";
+    if !is_v2 {
+        negotiate::check_accept(&parts.headers, format)?;
+    }
     let path = parts.uri.path().trim_matches('/');
     let segs: Vec<String> = if path.is_empty() {
         vec![]
@@ -134,7 +140,7 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
     let body = if has_body {
         let b = read_body(app, body, &parts.headers).await?;
         let is_form_search = segs.last().map(|s| s == "_search").unwrap_or(false);
-        if !is_form_search && !b.is_empty() {
+        if !is_form_search && !is_v2 && !b.is_empty() {
             negotiate::check_content_type(&parts.headers)?;
         }
         b
@@ -185,6 +191,8 @@ async fn route(app: &AppState, r: Req) -> Result<Response, ApiError> {
         ["metadata"] => Err(method_not_allowed(&r)),
         ["_history"] if get => history::history(app, &r, None, None).await,
         ["_history"] => Err(method_not_allowed(&r)),
+        ["hl7v2"] if m == Method::POST => hl7v2::post(app, &r).await,
+        ["hl7v2"] => Err(method_not_allowed(&r)),
         [t, ..] if t.starts_with('$') || t.starts_with('_') => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             IssueType::NotSupported,

@@ -6,7 +6,7 @@
 //! are; other Bundles and NDJSON are wrapped into transactions (PUT when the
 //! resource has an id — so re-loading is idempotent — POST otherwise).
 
-use crate::pipeline::{Entry, Method, Pipeline};
+use crate::pipeline::{bundle_entries, Pipeline};
 use crate::services::Services;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
@@ -74,25 +74,6 @@ fn wrap(resources: Vec<Value>) -> Value {
 
 fn count_entries(b: &Value) -> usize {
     b.get("entry").and_then(Value::as_array).map_or(0, Vec::len)
-}
-
-/// Entries of a Bundle value as pipeline entries.
-pub fn bundle_entries(b: &Value) -> Result<Vec<Entry>, String> {
-    let mut out = vec![];
-    for (i, e) in b.get("entry").and_then(Value::as_array).into_iter().flatten().enumerate() {
-        let req = e.get("request").ok_or_else(|| format!("entry {i} has no request"))?;
-        let method = req.get("method").and_then(Value::as_str).and_then(Method::parse).ok_or_else(|| format!("entry {i}: bad method"))?;
-        let s = |k: &str| req.get(k).and_then(Value::as_str).map(str::to_owned);
-        out.push(Entry {
-            method,
-            url: s("url").ok_or_else(|| format!("entry {i}: no url"))?,
-            full_url: e.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
-            resource: e.get("resource").cloned(),
-            if_none_exist: s("ifNoneExist"),
-            if_match: s("ifMatch"),
-        });
-    }
-    Ok(out)
 }
 
 pub async fn run(target: Target, paths: &[PathBuf], concurrency: usize, quiet: bool) -> Result<LoadReport, String> {

@@ -148,6 +148,26 @@ pub struct Entry {
     pub if_match: Option<String>,
 }
 
+/// Entries of a batch/transaction Bundle value as pipeline entries (for
+/// sources that build Bundles: `carebridge load`, the v2 translation).
+pub fn bundle_entries(b: &Value) -> Result<Vec<Entry>, String> {
+    let mut out = vec![];
+    for (i, e) in b.get("entry").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let req = e.get("request").ok_or_else(|| format!("entry {i} has no request"))?;
+        let method = req.get("method").and_then(Value::as_str).and_then(Method::parse).ok_or_else(|| format!("entry {i}: bad method"))?;
+        let s = |k: &str| req.get(k).and_then(Value::as_str).map(str::to_owned);
+        out.push(Entry {
+            method,
+            url: s("url").ok_or_else(|| format!("entry {i}: no url"))?,
+            full_url: e.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
+            resource: e.get("resource").cloned(),
+            if_none_exist: s("ifNoneExist"),
+            if_match: s("ifMatch"),
+        });
+    }
+    Ok(out)
+}
+
 /// The outcome of one entry (Bundle.entry.response + resource).
 #[derive(Debug, Clone)]
 pub struct EntryResult {

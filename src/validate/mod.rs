@@ -9,17 +9,27 @@
 //! FHIRPath location in `expression` and a message naming the element and the
 //! definition. Data problems are values, never panics.
 //!
-//! Not yet here (the validation issue continues): FHIRPath invariants,
-//! regional profiles with snapshot generation and slicing, fixed/pattern and
-//! binding checks against profiles, terminology.
+//! Invariants: every `constraint` of the elements walked (resource, backbone,
+//! datatype) is evaluated with our FHIRPath engine (`crate::fhirpath`),
+//! compiled once at load; `%resource` is the enclosing resource and
+//! `%rootResource` the outermost. `ele-1` is checked natively (no empty
+//! elements). An invariant that evaluates to empty counts as satisfied
+//! (the HL7 Java validator counts it as failed); one whose evaluation errors
+//! (e.g. needs terminology) is skipped.
+//!
+//! Not yet here (the validation issue continues): regional profiles with
+//! snapshot generation and slicing, fixed/pattern and binding checks against
+//! profiles, terminology.
 
 pub mod model;
 pub mod primitives;
 
 use crate::fhir::definitions::{DefinitionsError, CORE_PACKAGE};
 use crate::fhir::{IssueType, OperationOutcome, Severity};
+use crate::fhirpath::{self, EvalContext, Expression, ModelInfo};
 use model::{Max, Model, StructDef};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -27,20 +37,31 @@ use std::sync::Arc;
 pub enum ValidateError {
     #[error(transparent)]
     Definitions(#[from] DefinitionsError),
+    #[error("FHIRPath model: {0}")]
+    FhirPath(String),
 }
 
-/// The validator: compiled definitions, shared and immutable.
+/// The validator: compiled definitions and invariants, shared and immutable.
 #[derive(Clone)]
 pub struct Validator {
     pub model: Arc<Model>,
+    fp_model: Arc<ModelInfo>,
+    invariant_count: usize,
 }
 
 /// How deep nested resources may go before we stop (a guard against hostile input).
 const MAX_DEPTH: usize = 64;
 
-struct Walk<'m> {
+struct Walk<'m, 'v> {
+    v: &'m Validator,
     model: &'m Model,
     oo: OperationOutcome,
+    root: &'v Value,
+    /// enclosing resources, innermost last
+    resources: Vec<&'v Value>,
+    /// `%rootResource` per level: a contained resource's root is its container;
+    /// a resource in a Bundle entry or Parameters is its own root
+    roots: Vec<&'v Value>,
 }
 
 impl Validator {
@@ -52,14 +73,33 @@ impl Validator {
             return Err(DefinitionsError::MissingPackage(CORE_PACKAGE.into(), cache.display().to_string()).into());
         }
         model.add_package(&dir)?;
-        Ok(Validator { model: Arc::new(model) })
+        let fp_model = ModelInfo::load_from_package(&dir).map_err(|e| ValidateError::FhirPath(e.to_string()))?;
+        // compile every invariant once (identical expressions share one compilation)
+        let mut cache: HashMap<String, Option<Expression>> = HashMap::new();
+        for sd in model.by_url.values() {
+            for e in &sd.elements {
+                for c in e.constraints.iter().filter(|c| c.key != "ele-1") {
+                    if let Some(x) = &c.expression {
+                        let compiled = cache.entry(x.clone()).or_insert_with(|| fhirpath::compile(x).ok()).clone();
+                        let _ = c.compiled.set(compiled);
+                    }
+                }
+            }
+        }
+        let invariant_count = cache.values().filter(|c| c.is_some()).count();
+        Ok(Validator { model: Arc::new(model), fp_model: Arc::new(fp_model), invariant_count })
     }
 
     /// Validate a resource against the core definition of its type.
     pub fn validate(&self, res: &Value) -> OperationOutcome {
-        let mut w = Walk { model: &self.model, oo: OperationOutcome::new() };
-        w.resource(res, "", 0);
+        let mut w = Walk { v: self, model: &self.model, oo: OperationOutcome::new(), root: res, resources: vec![], roots: vec![] };
+        w.resource(res, "", 0, false);
         w.oo
+    }
+
+    /// Number of compiled invariant expressions.
+    pub fn invariant_count(&self) -> usize {
+        self.invariant_count
     }
 }
 
@@ -67,13 +107,13 @@ fn push(oo: &mut OperationOutcome, sev: Severity, code: IssueType, path: &str, m
     oo.push(sev, code, msg, Some(path.to_owned()));
 }
 
-impl<'m> Walk<'m> {
+impl<'m, 'v> Walk<'m, 'v> {
     fn err(&mut self, code: IssueType, path: &str, msg: String) {
         push(&mut self.oo, Severity::Error, code, path, msg);
     }
 
     /// A resource at `path` (empty for the root).
-    fn resource(&mut self, v: &Value, path: &str, depth: usize) {
+    fn resource(&mut self, v: &'v Value, path: &str, depth: usize, contained: bool) {
         if depth > MAX_DEPTH {
             self.err(IssueType::TooCostly, path, "resources nested too deeply".into());
             return;
@@ -98,15 +138,41 @@ impl<'m> Walk<'m> {
                 self.err(IssueType::Value, &format!("{here}.id"), format!("Invalid Resource id: {why}"));
             }
         }
-        self.object(&sd, 0, obj, &here, true, depth);
+        let root = if contained { self.roots.last().copied().unwrap_or(v) } else { v };
+        self.resources.push(v);
+        self.roots.push(root);
+        self.object(&sd, 0, v, &here, true, depth, rt);
+        self.resources.pop();
+        self.roots.pop();
+    }
+
+    /// Evaluate the invariants of element `ei` on `node` (typed as `type_name`).
+    fn invariants(&mut self, sd: &StructDef, ei: usize, node: &'v Value, type_name: &str, path: &str) {
+        let e = &sd.elements[ei];
+        if e.constraints.iter().all(|c| c.key == "ele-1") {
+            return;
+        }
+        let resource = self.resources.last().copied().unwrap_or(self.root);
+        let mut ctx = EvalContext::new(&self.v.fp_model, resource);
+        ctx.root_resource = Some(self.roots.last().copied().unwrap_or(self.root));
+        for c in &e.constraints {
+            let Some(Some(expr)) = c.compiled.get() else { continue };
+            if let Ok(Some(false)) = expr.evaluate_bool_typed(node, type_name, &ctx) {
+                let sev = if c.severity_error { Severity::Error } else { Severity::Warning };
+                push(&mut self.oo, sev, IssueType::Invariant, path, format!("Constraint failed: {}: '{}' (defined in {})", c.key, c.human, sd.url));
+            }
+        }
     }
 
     /// The properties of a JSON object against element `ei` of `sd`.
-    fn object(&mut self, sd: &Arc<StructDef>, ei: usize, obj: &Map<String, Value>, path: &str, is_resource: bool, depth: usize) {
+    #[allow(clippy::too_many_arguments)]
+    fn object(&mut self, sd: &Arc<StructDef>, ei: usize, node: &'v Value, path: &str, is_resource: bool, depth: usize, type_name: &str) {
+        let Some(obj) = node.as_object() else { return };
         if obj.is_empty() {
             self.err(IssueType::Structure, path, "empty objects are not allowed; omit the element".into());
             return;
         }
+        self.invariants(sd, ei, node, type_name, path);
         let props = &sd.props[ei];
         let mut counts: Vec<(usize, usize)> = Vec::new(); // (child element, occurrences)
         for (k, val) in obj {
@@ -190,14 +256,14 @@ impl<'m> Walk<'m> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn value(&mut self, sd: &Arc<StructDef>, ci: usize, type_code: &str, is_prim: bool, companion: bool, v: &Value, path: &str, depth: usize) {
+    fn value(&mut self, sd: &Arc<StructDef>, ci: usize, type_code: &str, is_prim: bool, companion: bool, v: &'v Value, path: &str, depth: usize) {
         let e = &sd.elements[ci];
         if companion {
             // `_x`: an Element (id, extension)
             match v.as_object() {
                 Some(o) => {
                     if let Some(el) = self.model.type_def("Element").cloned() {
-                        self.object(&el, 0, o, path, false, depth);
+                        self.object(&el, 0, v, path, false, depth, "Element");
                     } else if o.is_empty() {
                         self.err(IssueType::Structure, path, "empty objects are not allowed".into());
                     }
@@ -218,13 +284,17 @@ impl<'m> Walk<'m> {
         }
         if let Some(r) = e.content_ref {
             match v.as_object() {
-                Some(o) => self.object(sd, r, o, path, false, depth + 1),
+                Some(_) => {
+                    let tn = sd.elements[r].path.clone();
+                    self.object(sd, r, v, path, false, depth + 1, &tn)
+                }
                 None => self.err(IssueType::Structure, path, format!("{} must be an object", e.path)),
             }
             return;
         }
         if type_code == "Resource" || self.model.is_resource_type(type_code) {
-            self.resource(v, path, depth + 1);
+            let contained = e.path.ends_with(".contained");
+            self.resource(v, path, depth + 1, contained);
             return;
         }
         let Some(o) = v.as_object() else {
@@ -233,7 +303,8 @@ impl<'m> Walk<'m> {
         };
         if !sd.children[ci].is_empty() {
             // backbone element defined inline
-            self.object(sd, ci, o, path, false, depth + 1);
+            let tn = e.path.clone();
+            self.object(sd, ci, v, path, false, depth + 1, &tn);
         } else if let Some(tsd) = self.model.type_def(type_code).cloned() {
             if type_code == "Reference" {
                 self.reference(e, o, path);
@@ -241,11 +312,13 @@ impl<'m> Walk<'m> {
             if type_code == "Narrative" {
                 self.narrative(o, path);
             }
-            self.object(&tsd, 0, o, path, false, depth + 1);
+            // element-specific constraints of the using element, then the datatype's own
+            self.invariants(sd, ci, v, type_code, path);
+            self.object(&tsd, 0, v, path, false, depth + 1, type_code);
         }
     }
 
-    fn reference(&mut self, e: &model::Element, o: &Map<String, Value>, path: &str) {
+    fn reference(&mut self, e: &model::Element, o: &serde_json::Map<String, Value>, path: &str) {
         let Some(r) = o.get("reference").and_then(Value::as_str) else { return };
         if r.starts_with('#') || r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") {
             return;
@@ -274,7 +347,7 @@ impl<'m> Walk<'m> {
         }
     }
 
-    fn narrative(&mut self, o: &Map<String, Value>, path: &str) {
+    fn narrative(&mut self, o: &serde_json::Map<String, Value>, path: &str) {
         if let Some(div) = o.get("div").and_then(Value::as_str) {
             let t = div.trim_start();
             if !(t.starts_with("<div") && t.contains("http://www.w3.org/1999/xhtml")) {

@@ -7,6 +7,7 @@
 
 use crate::fhir::definitions::DefinitionsError;
 use serde_json::Value;
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -31,12 +32,14 @@ pub struct TypeRef {
     pub target_profiles: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Constraint {
     pub key: String,
     pub severity_error: bool,
     pub human: String,
     pub expression: Option<String>,
+    /// the expression compiled once by the validator (None: did not compile)
+    pub compiled: std::sync::OnceLock<Option<crate::fhirpath::Expression>>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,7 +79,7 @@ pub struct StructDef {
     /// children of each element (indices into `elements`)
     pub children: Vec<Vec<usize>>,
     /// JSON property name → (child element, index of the type for choice elements)
-    pub props: Vec<HashMap<String, (usize, Option<usize>)>>,
+    pub props: Vec<FxHashMap<String, (usize, Option<usize>)>>,
 }
 
 /// `valueQuantity` for element `value[x]` with type `Quantity`.
@@ -152,6 +155,7 @@ impl StructDef {
                             severity_error: c.get("severity").and_then(Value::as_str) == Some("error"),
                             human: str_of(c, "human").unwrap_or_default(),
                             expression: expr.clone(),
+                            compiled: std::sync::OnceLock::new(),
                         })
                     })
                     .clone();
@@ -217,7 +221,7 @@ impl StructDef {
                 }
             }
         }
-        let mut props = vec![HashMap::new(); n];
+        let mut props = vec![FxHashMap::default(); n];
         for (p, kids) in children.iter().enumerate() {
             for &c in kids {
                 let e = &elements[c];
@@ -248,7 +252,7 @@ impl StructDef {
 #[derive(Debug, Default)]
 pub struct Model {
     pub by_url: HashMap<String, Arc<StructDef>>,
-    pub by_type: HashMap<String, Arc<StructDef>>,
+    pub by_type: FxHashMap<String, Arc<StructDef>>,
 }
 
 impl Model {

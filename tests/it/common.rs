@@ -45,6 +45,7 @@ pub fn fixtures() -> PathBuf {
 
 pub struct TestServer {
     pub base: String,
+    pub mllp_addr: Option<std::net::SocketAddr>,
     pub services: Services,
     running: Option<Running>,
     _dir: tempfile::TempDir,
@@ -85,7 +86,16 @@ impl TestServer {
         Self::start_opts(backend, api, ValidationMode::Enforce).await
     }
 
+    /// A server that also listens for HL7 v2 over MLLP on a free loopback port.
+    pub async fn start_mllp(backend: Backend) -> TestServer {
+        Self::start_full(backend, ApiConfig::default(), ValidationMode::Enforce, true).await
+    }
+
     pub async fn start_opts(backend: Backend, api: ApiConfig, validation: ValidationMode) -> TestServer {
+        Self::start_full(backend, api, validation, false).await
+    }
+
+    async fn start_full(backend: Backend, api: ApiConfig, validation: ValidationMode, mllp: bool) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let (url, pg) = match backend {
             Backend::Sqlite => (format!("sqlite:{}", dir.path().join("test.db").display()), None),
@@ -103,8 +113,10 @@ impl TestServer {
             validator: crate::validator_suite::validator_arc().await,
             validation,
         };
-        let running = server::start(services.clone(), api, "127.0.0.1:0").await.expect("start server");
-        TestServer { base: running.base_url(), services, running: Some(running), _dir: dir, pg }
+        let running = server::start_with_mllp(services.clone(), api, "127.0.0.1:0", mllp.then_some("127.0.0.1:0"))
+            .await
+            .expect("start server");
+        TestServer { base: running.base_url(), mllp_addr: running.mllp_addr, services, running: Some(running), _dir: dir, pg }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -6,7 +6,9 @@
 mod cli;
 mod common;
 mod fhirpath_suite;
+mod hl7v2_ingest;
 mod hl7v2_parse;
+mod hl7v2_translate;
 mod rest;
 mod sdk_client;
 mod search;

@@ -71,6 +71,7 @@
 
 pub mod ack;
 pub mod datetime;
+pub mod map;
 pub mod mllp;
 pub mod parser;
 

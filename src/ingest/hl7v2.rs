@@ -1,0 +1,141 @@
+//! HL7 v2 ingest (HL7 v2.5.1 ch. 2: original-mode acknowledgment): one ER7
+//! message → parse → translate (`translate::hl7v2::map`) → one FHIR
+//! transaction through the write pipeline → the ACK.
+//!
+//! | outcome | MSA-1 | stored |
+//! |---|---|---|
+//! | translated and stored | `AA` (with ERR warnings, if any) | everything |
+//! | message not parseable, unsupported type or event | `AR` | nothing |
+//! | data errors (bad timestamp, missing required field), FHIR validation failure, conflicting write | `AE` with ERR segments naming the location | nothing |
+//!
+//! The institution is chosen from MSH-4 (sending facility): configured
+//! institutions by facility code, otherwise an id derived from MSH-4
+//! (lower-case, `[a-z0-9-]`), with the default time zone. Times without an
+//! offset take the institution's zone (default `Europe/Berlin`).
+
+use crate::fhir::datetime;
+use crate::pipeline::{bundle_entries, EntryResult, Pipeline};
+use crate::services::Services;
+use crate::translate::hl7v2::map::{translate, InstitutionConfig};
+use crate::translate::hl7v2::{ack_for, build_ack, AckCode, AckError, InboundHeader, Message, MessageBuf, Severity};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+/// Institutions by sending facility (MSH-4.1, case-insensitive).
+#[derive(Clone, Debug, Default)]
+pub struct Hl7Config {
+    pub institutions: HashMap<String, InstitutionConfig>,
+}
+
+impl Hl7Config {
+    pub fn institution_for(&self, facility: &str) -> InstitutionConfig {
+        let key = facility.trim().to_ascii_lowercase();
+        if let Some(c) = self.institutions.get(&key) {
+            return c.clone();
+        }
+        let id: String = key.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        let id = id.trim_matches('-').to_owned();
+        InstitutionConfig::new(if id.is_empty() { "unknown-facility".to_owned() } else { id })
+    }
+}
+
+/// The answer to one message.
+#[derive(Debug, Clone)]
+pub struct Hl7Outcome {
+    pub code: AckCode,
+    /// the ACK message (ER7, CR segment ends)
+    pub ack: String,
+    /// the FHIR transaction-response Bundle (AA) or the OperationOutcome (AE from the pipeline)
+    pub fhir: Option<Value>,
+    /// `Provenance/<id>` written for the message (AA)
+    pub provenance: Option<String>,
+}
+
+/// v2 timestamp for MSH-7 of the ACK (UTC).
+pub fn v2_now() -> String {
+    let iso = datetime::format_instant(datetime::now_micros()); // 2026-11-23T10:00:00.000Z
+    let digits: String = iso[..19].chars().filter(char::is_ascii_digit).collect();
+    format!("{digits}+0000")
+}
+
+pub fn ack_control_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..20].to_owned()
+}
+
+fn reject(header: &InboundHeader, code: AckCode, errors: &[AckError]) -> Hl7Outcome {
+    Hl7Outcome { code, ack: build_ack(header, code, &ack_control_id(), &v2_now(), errors), fhir: None, provenance: None }
+}
+
+fn response_bundle(results: &[EntryResult]) -> Value {
+    let entries: Vec<Value> = results
+        .iter()
+        .map(|r| {
+            let mut resp = json!({"status": r.status.to_string()});
+            if let Some(l) = &r.location {
+                resp["location"] = json!(l);
+            }
+            if let Some(v) = r.version {
+                resp["etag"] = json!(format!("W/\"{v}\""));
+            }
+            json!({"response": resp})
+        })
+        .collect();
+    json!({"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
+}
+
+/// Handle one message (bytes as received: UTF-8, optionally with a BOM, or
+/// Latin-1 when MSH-18 says so).
+pub async fn handle(services: &Services, cfg: &Hl7Config, raw: &[u8]) -> Hl7Outcome {
+    let buf = match MessageBuf::from_bytes(raw) {
+        Ok(b) => b,
+        Err(e) => return reject(&InboundHeader::default(), AckCode::AR, &[AckError::from(&e)]),
+    };
+    let msg: Message<'_> = buf.message();
+    let header = InboundHeader::from_message(&msg);
+    let facility = msg.header().field(4).component(1).decoded().into_owned();
+    let inst = cfg.institution_for(&facility);
+    let received = datetime::format_instant(datetime::now_micros());
+    let t = match translate(&msg, raw, &inst, &received) {
+        Ok(t) => t,
+        Err(errors) => {
+            let unsupported = errors.iter().any(|e| matches!(e.code, 200 | 201 | 202 | 203));
+            let code = if unsupported { AckCode::AR } else { AckCode::AE };
+            return reject(&header, code, &errors);
+        }
+    };
+    let entries = match bundle_entries(&t.bundle) {
+        Ok(e) => e,
+        Err(m) => return reject(&header, AckCode::AE, &[AckError::new(207, Severity::Error).message(m)]),
+    };
+    match Pipeline::new(services).transaction(entries).await {
+        Ok(results) => {
+            let provenance = results
+                .iter()
+                .filter_map(|r| r.target.as_ref())
+                .find(|(t, _)| t == "Provenance")
+                .map(|(t, id)| format!("{t}/{id}"));
+            let ack = ack_for(&msg, AckCode::AA, &ack_control_id(), &v2_now(), &t.warnings);
+            Hl7Outcome { code: AckCode::AA, ack, fhir: Some(response_bundle(&results)), provenance }
+        }
+        Err(e) => {
+            let oo = e.outcome();
+            // 207 application internal error: the message was understood but could not be stored as FHIR
+            let code_0357 = 207;
+            let errors: Vec<AckError> = oo
+                .issues
+                .iter()
+                .filter(|i| i.severity <= crate::fhir::Severity::Error)
+                .take(20)
+                .map(|i| {
+                    let mut text = i.diagnostics.clone();
+                    if let Some(x) = i.expression.first() {
+                        text = format!("{text} ({x})");
+                    }
+                    AckError::new(code_0357, Severity::Error).message(text)
+                })
+                .collect();
+            let ack = ack_for(&msg, AckCode::AE, &ack_control_id(), &v2_now(), &errors);
+            Hl7Outcome { code: AckCode::AE, ack, fhir: Some(oo.to_json()), provenance: None }
+        }
+    }
+}

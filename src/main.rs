@@ -106,6 +106,16 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// HL7 v2: parse+translate messages/s (one thread), then end to end over MLLP into the store
+    Hl7v2 {
+        #[arg(long, default_value_t = 2000)]
+        messages: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// seconds for the parse+translate loop
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// Token + date search over generated Observations: req/s, p50, p99
     Search {
         #[arg(long)]
@@ -190,6 +200,7 @@ async fn main() -> ExitCode {
                 cli::bench::ingest(server, bundles, concurrency, limit, validation).await
             }
             BenchCmd::Read { server, resources, concurrency, seconds } => cli::bench::read(server, resources, concurrency, seconds).await,
+            BenchCmd::Hl7v2 { messages, connections, seconds } => cli::bench::hl7v2(messages, connections, seconds).await,
             BenchCmd::Search { server, observations, concurrency, seconds } => {
                 cli::bench::search(server, observations, concurrency, seconds).await
             }

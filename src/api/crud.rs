@@ -81,7 +81,7 @@ pub fn write_response(r: &Req, res: EntryResult) -> Result<Response, ApiError> {
 }
 
 async fn run_one(app: &AppState, entry: Entry) -> Result<EntryResult, ApiError> {
-    let mut v = Pipeline::new(&app.services).transaction(vec![entry]).await?;
+    let mut v = Pipeline::single(&app.services).transaction(vec![entry]).await?;
     Ok(v.remove(0))
 }
 

@@ -267,3 +267,106 @@ pub async fn search(server: Option<String>, observations: usize, concurrency: us
     report("search", ok, err, &lat, seconds as f64);
     Ok(())
 }
+
+/// An ADT^A01 with a German patient, a visit, two observations and a
+/// diagnosis; `{n}` makes the control id, MRN and visit number unique.
+const V2_TEMPLATE: &str = "MSH|^~\\&|ORBIS|KHNORD^1.2.276.0.76.3.1.999.1^ISO|CAREBRIDGE|REGION|20240305103000||ADT^A01^ADT_A01|B-{n}|P|2.5.1|||AL|NE|DEU|UNICODE UTF-8\r\
+EVN|A01|20240305103500\r\
+PID|1||{n}^^^KHNORD^PI||M\\X00FC\\ller^J\\X00FC\\rgen||19560314|M|||Hauptstra\\X00DF\\e 5^^Hamburg^^20095^DEU^H\r\
+PV1|1|I|KARD^201^2^KHNORD||||123456789^Schulz^Anna^^^Dr. med.^^^LANR^^^^LANR|||KAR||||1|||||V-{n}^^^KHNORD^VN|||||||||||||||||||||||||20240305103000\r\
+OBX|1|NM|29463-7^K\\X00F6\\rpergewicht^LN||82.5|kg^kg^UCUM|||||F|||20240305104500\r\
+OBX|2|NM|8302-2^K\\X00F6\\rpergr\\X00F6\\\\X00DF\\e^LN||178|cm^cm^UCUM|||||F|||20240305104500\r\
+DG1|1|I10|I50.13^Linksherzinsuffizienz^I10||20240305|A\r";
+
+pub fn v2_message(n: usize) -> String {
+    V2_TEMPLATE.replace("{n}", &n.to_string())
+}
+
+/// `bench hl7v2`: parse + translate alone (one thread), then end to end over
+/// MLLP into the store (in-process gateway, `connections` MLLP clients).
+pub async fn hl7v2(messages: usize, connections: usize, seconds: u64) -> Result<(), String> {
+    use crate::translate::hl7v2::map::{translate, InstitutionConfig};
+    use crate::translate::hl7v2::{encode_frame, Message, MllpDecoder};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // 1. parse + translate, single thread
+    let msgs: Vec<String> = (0..1000).map(v2_message).collect();
+    let cfg = InstitutionConfig::new("klinikum-nord");
+    let t0 = Instant::now();
+    let mut n = 0usize;
+    let mut resources = 0usize;
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        for m in &msgs {
+            let msg = Message::parse(m).map_err(|e| e.to_string())?;
+            let t = translate(&msg, m.as_bytes(), &cfg, "2024-03-05T10:31:00+01:00").map_err(|e| format!("{e:?}"))?;
+            resources += t.bundle["entry"].as_array().map_or(0, Vec::len);
+            n += 1;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "bench hl7v2 parse+translate: {:.0} messages/s on one thread ({:.1} resources/message)",
+        n as f64 / secs,
+        resources as f64 / n as f64
+    );
+    // 2. end to end over MLLP
+    let dir = std::env::temp_dir().join(format!("carebridge-bench-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let opts = crate::server::ServerOptions {
+        database_url: format!("sqlite:{}", dir.join("bench.db").display()),
+        package_cache: None,
+        api: Default::default(),
+        validation: Default::default(),
+    };
+    let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
+    let running = crate::server::start_with_mllp(services, opts.api, "127.0.0.1:0", Some("127.0.0.1:0")).await.map_err(|e| e.to_string())?;
+    let addr = running.mllp_addr.ok_or("no MLLP listener")?;
+    let per_conn = messages.div_ceil(connections.max(1));
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..connections.max(1) {
+        set.spawn(async move {
+            let mut sock = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let mut dec = MllpDecoder::new();
+            let mut buf = vec![0u8; 65536];
+            let (mut aa, mut lat) = (0usize, Vec::with_capacity(per_conn));
+            for i in 0..per_conn {
+                let m = v2_message(1_000_000 + c * per_conn + i);
+                let t = Instant::now();
+                sock.write_all(&encode_frame(m.as_bytes())).await.map_err(|e| e.to_string())?;
+                let ack = loop {
+                    if let Some(f) = dec.next_frame() {
+                        break f.map_err(|e| e.to_string())?;
+                    }
+                    let k = sock.read(&mut buf).await.map_err(|e| e.to_string())?;
+                    if k == 0 {
+                        return Err("connection closed".to_string());
+                    }
+                    dec.push(&buf[..k]);
+                };
+                lat.push(t.elapsed().as_micros() as u64);
+                if String::from_utf8_lossy(&ack).contains("MSA|AA") {
+                    aa += 1;
+                }
+            }
+            Ok::<_, String>((aa, lat))
+        });
+    }
+    let (mut aa, mut lat) = (0, vec![]);
+    while let Some(r) = set.join_next().await {
+        let (a, l) = r.map_err(|e| e.to_string())??;
+        aa += a;
+        lat.extend(l);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    println!(
+        "bench hl7v2 MLLP end to end: {:.0} messages/s ({aa}/{} AA, {connections} connections), ACK p50 {:.2} ms, p99 {:.2} ms",
+        lat.len() as f64 / secs,
+        lat.len(),
+        percentile(&lat, 0.5) as f64 / 1000.0,
+        percentile(&lat, 0.99) as f64 / 1000.0
+    );
+    running.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

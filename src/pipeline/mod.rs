@@ -283,6 +283,8 @@ pub enum ReturnPref {
 
 pub struct Pipeline<'a> {
     pub services: &'a Services,
+    /// entries came in a Bundle: locate issues at `Bundle.entry[n]`
+    in_bundle: bool,
 }
 
 /// An entry after identity resolution.
@@ -301,8 +303,23 @@ struct Planned {
 }
 
 impl<'a> Pipeline<'a> {
+    /// A pipeline for Bundles (issues are located at their entry).
     pub fn new(services: &'a Services) -> Self {
-        Pipeline { services }
+        Pipeline { services, in_bundle: true }
+    }
+
+    /// A pipeline for a single REST interaction (no entry locations).
+    pub fn single(services: &'a Services) -> Self {
+        Pipeline { services, in_bundle: false }
+    }
+
+    /// Locate an error at entry `i` when processing a Bundle.
+    fn at(&self, e: PipelineError, i: usize) -> PipelineError {
+        if self.in_bundle {
+            e.in_entry(i)
+        } else {
+            e
+        }
     }
 
     /// Process entries as one FHIR transaction: all or nothing. Errors carry
@@ -317,13 +334,48 @@ impl<'a> Pipeline<'a> {
         for (i, e) in entries.iter().enumerate() {
             if let Some(f) = &e.full_url {
                 if !seen.insert(f.as_str()) {
-                    return Err(bad(IssueType::Invalid, format!("duplicate fullUrl '{f}'")).in_entry(i));
+                    return Err(self.at(bad(IssueType::Invalid, format!("duplicate fullUrl '{f}'")), i));
                 }
             }
         }
 
+        // validate before the transaction takes the store: validity does not
+        // depend on the ids the transaction assigns (urn:uuid references are
+        // valid references too), and the single SQLite writer stays free meanwhile
+        for (i, e) in entries.iter().enumerate() {
+            // request-level mistakes (400) come before content validation (422)
+            if let (Method::Post | Method::Put, Some(res)) = (e.method, e.resource.as_ref()) {
+                let t = match parse_target(self.services, &e.url).map_err(|err| self.at(err, i))? {
+                    Target::Type(t) | Target::Instance(t, _) | Target::Conditional(t, _) => t,
+                };
+                self.check_resource(&t, res).map_err(|err| self.at(err, i))?;
+            }
+        }
+        self.validate(&entries)?;
+
         let mut tx = self.services.store.begin().await?;
         let now = datetime::now_micros();
+        // lock (in a stable order: no deadlocks between transactions) and read
+        // the current rows of every resource addressed by id, in one round trip
+        let mut keys: Vec<(String, String)> = entries
+            .iter()
+            .filter(|e| matches!(e.method, Method::Put | Method::Delete))
+            .filter_map(|e| match parse_target(self.services, &e.url) {
+                Ok(Target::Instance(t, i)) => Some((t, i)),
+                _ => None,
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        for (t, i) in &keys {
+            tx.lock(&format!("res:{t}/{i}")).await?;
+        }
+        let currents: HashMap<(String, String), Option<ResourceRow>> = if keys.is_empty() {
+            HashMap::new()
+        } else {
+            let rows = tx.current_many(&keys).await?;
+            keys.into_iter().zip(rows).collect()
+        };
         let mut planned: Vec<Planned> = Vec::with_capacity(n);
         let mut ids: HashMap<String, String> = HashMap::new(); // fullUrl → Type/id
         let mut touched: HashSet<(String, String)> = HashSet::new();
@@ -334,17 +386,16 @@ impl<'a> Pipeline<'a> {
             if matches!(e.method, Method::Get | Method::Head) {
                 continue;
             }
-            let p = self.resolve_entry(&mut tx, i, e).await.map_err(|err| err.in_entry(i))?;
+            let p = self.resolve_entry(&mut tx, &currents, i, e).await.map_err(|err| self.at(err, i))?;
             if let (Some(id), Some(f)) = (&p.id, &e.full_url) {
                 ids.insert(f.clone(), format!("{}/{}", p.rtype, id));
             }
             if let Some(id) = &p.id {
                 if !p.matched && !touched.insert((p.rtype.clone(), id.clone())) {
-                    return Err(bad(
-                        IssueType::Duplicate,
-                        format!("{}/{} is changed by more than one entry of the transaction", p.rtype, id),
-                    )
-                    .in_entry(i));
+                    return Err(self.at(
+                        bad(IssueType::Duplicate, format!("{}/{} is changed by more than one entry of the transaction", p.rtype, id)),
+                        i,
+                    ));
                 }
             }
             planned.push(p);
@@ -353,15 +404,14 @@ impl<'a> Pipeline<'a> {
         // rewrite references (urn:uuid, fullUrls, conditional references)
         for p in &mut planned {
             if let Some(res) = p.resource.as_mut() {
-                resolve::rewrite_references(self.services, &mut tx, res, &ids).await.map_err(|e| e.in_entry(p.index))?;
+                resolve::rewrite_references(self.services, &mut tx, res, &ids).await.map_err(|e| self.at(e, p.index))?;
             }
         }
-        self.validate(&planned, n)?;
 
         let mut results: Vec<Option<EntryResult>> = vec![None; n];
         let mut writes = Vec::new();
         for p in planned {
-            let (w, r) = self.prepare_write(p, now).map_err(|(e, i)| e.in_entry(i))?;
+            let (w, r) = self.prepare_write(p, now).map_err(|(e, i)| self.at(e, i))?;
             if let Some(w) = w {
                 writes.push(w);
             }
@@ -379,7 +429,7 @@ impl<'a> Pipeline<'a> {
                 // the writes are committed: a failing read is reported in its entry, not as a failed transaction
                 results[i] = Some(match self.read_entry(e).await {
                     Ok(r) => r,
-                    Err(err) => EntryResult::failed(&err.in_entry(i)),
+                    Err(err) => EntryResult::failed(&self.at(err, i)),
                 });
             }
         }
@@ -406,7 +456,7 @@ impl<'a> Pipeline<'a> {
             } else {
                 let mut e = e;
                 e.full_url = None;
-                self.transaction(vec![e]).await.map(|mut v| v.remove(0))
+                Pipeline::single(self.services).transaction(vec![e]).await.map(|mut v| v.remove(0))
             };
             out.push(r.map_err(|err| err.in_entry(i)));
         }
@@ -415,20 +465,23 @@ impl<'a> Pipeline<'a> {
 
     /// Validate every resource to be written; in enforce mode any error fails
     /// the whole request with 422 and every issue, located at its entry.
-    fn validate(&self, planned: &[Planned], n_entries: usize) -> Result<(), PipelineError> {
+    fn validate(&self, entries: &[Entry]) -> Result<(), PipelineError> {
         use crate::services::ValidationMode;
         if self.services.validation == ValidationMode::Off {
             return Ok(());
         }
         let mut all = OperationOutcome::new();
-        for p in planned {
-            let Some(res) = p.resource.as_ref().filter(|_| !p.matched) else { continue };
+        for (i, e) in entries.iter().enumerate() {
+            if !matches!(e.method, Method::Post | Method::Put) {
+                continue;
+            }
+            let Some(res) = e.resource.as_ref() else { continue };
             let mut oo = self.services.validator.validate(res);
             oo.issues.retain(|i| i.severity <= crate::fhir::Severity::Error);
             if oo.issues.is_empty() {
                 continue;
             }
-            let oo = if n_entries > 1 { oo.in_entry(p.index) } else { oo };
+            let oo = if self.in_bundle { oo.in_entry(i) } else { oo };
             all.issues.extend(oo.issues);
         }
         if all.issues.is_empty() {
@@ -470,7 +523,13 @@ impl<'a> Pipeline<'a> {
         Ok(())
     }
 
-    async fn resolve_entry(&self, tx: &mut Box<dyn StoreTx>, index: usize, e: &mut Entry) -> Result<Planned, PipelineError> {
+    async fn resolve_entry(
+        &self,
+        tx: &mut Box<dyn StoreTx>,
+        currents: &HashMap<(String, String), Option<ResourceRow>>,
+        index: usize,
+        e: &mut Entry,
+    ) -> Result<Planned, PipelineError> {
         let target = parse_target(self.services, &e.url)?;
         let if_match = match &e.if_match {
             Some(s) => Some(parse_etag(s).ok_or_else(|| bad(IssueType::Invalid, format!("If-Match '{s}' is not a version ETag")))?),
@@ -524,8 +583,10 @@ impl<'a> Pipeline<'a> {
                     }
                     None => return Err(bad(IssueType::Required, "PUT resource must carry the id of the URL")),
                 }
-                tx.lock(&format!("res:{t}/{id}")).await?;
-                p.current = tx.current(&t, &id).await?;
+                p.current = match currents.get(&(t.clone(), id.clone())) {
+                    Some(c) => c.clone(),
+                    None => tx.current(&t, &id).await?,
+                };
                 p.id = Some(id);
                 p.rtype = t;
             }
@@ -559,8 +620,10 @@ impl<'a> Pipeline<'a> {
                 p.rtype = t;
             }
             (Method::Delete, Target::Instance(t, id)) => {
-                tx.lock(&format!("res:{t}/{id}")).await?;
-                p.current = tx.current(&t, &id).await?;
+                p.current = match currents.get(&(t.clone(), id.clone())) {
+                    Some(c) => c.clone(),
+                    None => tx.current(&t, &id).await?,
+                };
                 p.id = Some(id);
                 p.rtype = t;
             }

@@ -194,6 +194,14 @@ pub trait StoreTx: Send {
     async fn lock(&mut self, key: &str) -> Result<()>;
     /// The current row of a resource (deleted rows too), seeing this transaction's writes.
     async fn current(&mut self, rtype: &str, id: &str) -> Result<Option<ResourceRow>>;
+    /// The current rows of several resources at once (one round trip where the adapter can).
+    async fn current_many(&mut self, keys: &[(String, String)]) -> Result<Vec<Option<ResourceRow>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for (t, i) in keys {
+            out.push(self.current(t, i).await?);
+        }
+        Ok(out)
+    }
     /// Run a resource query (must select [`RESOURCE_COLUMNS`]) inside the transaction.
     async fn query(&mut self, sql: Sql) -> Result<Vec<ResourceRow>>;
     /// Write new versions: history rows, current rows, index rows.

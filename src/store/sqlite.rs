@@ -52,6 +52,7 @@ enum WriterMsg {
 enum TxCmd {
     Lock,
     Current(String, String, oneshot::Sender<Result<Option<ResourceRow>>>),
+    CurrentMany(Vec<(String, String)>, oneshot::Sender<Result<Vec<Option<ResourceRow>>>>),
     Query(Sql, oneshot::Sender<Result<Vec<ResourceRow>>>),
     Write(Vec<VersionWrite>, oneshot::Sender<Result<()>>),
     Commit(oneshot::Sender<Result<()>>),
@@ -172,6 +173,9 @@ fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<WriterMsg>) {
                 TxCmd::Lock => {}
                 TxCmd::Current(t, i, reply) => {
                     let _ = reply.send(read_current(&conn, &t, &i));
+                }
+                TxCmd::CurrentMany(keys, reply) => {
+                    let _ = reply.send(keys.iter().map(|(t, i)| read_current(&conn, t, i)).collect());
                 }
                 TxCmd::Query(sql, reply) => {
                     let _ = reply.send(run_query(&conn, &sql));
@@ -331,6 +335,10 @@ impl StoreTx for SqliteTx {
     async fn current(&mut self, rtype: &str, id: &str) -> Result<Option<ResourceRow>> {
         let (t, i) = (rtype.to_owned(), id.to_owned());
         self.call(|r| TxCmd::Current(t, i, r)).await
+    }
+    async fn current_many(&mut self, keys: &[(String, String)]) -> Result<Vec<Option<ResourceRow>>> {
+        let keys = keys.to_vec();
+        self.call(|r| TxCmd::CurrentMany(keys, r)).await
     }
     async fn query(&mut self, sql: Sql) -> Result<Vec<ResourceRow>> {
         self.call(|r| TxCmd::Query(sql, r)).await

@@ -190,6 +190,7 @@ async fn validate_operation_and_validate_on_write() {
     assert_outcome(&r, 422);
     let n_errors = issues.iter().filter(|i| i["severity"] == "error").count();
     assert_eq!(r.json()["issue"].as_array().unwrap().len(), n_errors, "422 lists every error");
+    assert!(!r.text.contains("Bundle.entry"), "a single REST write names no bundle entry: {}", r.text);
     let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
         {"resource": {"resourceType": "Observation", "status": "final"}, "request": {"method": "POST", "url": "Observation"}}]});

@@ -165,3 +165,61 @@ async fn shared_samples_are_accepted() {
     let _ = Value::Null;
     s.stop().await;
 }
+
+/// A light ADT^A28 (patient only) with unique control id and MRN.
+fn a28(n: usize) -> String {
+    format!(
+        "MSH|^~\\&|ORBIS|KHNORD|CAREBRIDGE|REGION|20240220090000||ADT^A28^ADT_A05|S-{n}|P|2.5.1\rEVN|A28|20240220090000\rPID|1||S{n}^^^KHNORD^PI||Stream^Person{n}||19700101|F\r"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mllp_stream_of_10000_messages_no_loss() {
+    const N: usize = 10_000;
+    const CONNS: usize = 4;
+    let s = TestServer::start_mllp(Backend::Sqlite).await;
+    let addr = s.mllp_addr.unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..CONNS {
+        set.spawn(async move {
+            let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut rd, mut wr) = sock.split();
+            let ids: Vec<usize> = (0..N).filter(|i| i % CONNS == c).collect();
+            // pipelined: a writer task streams every frame while acks are read
+            let frames: Vec<u8> = ids.iter().flat_map(|&i| carebridge::translate::hl7v2::encode_frame(a28(i).as_bytes())).collect();
+            let write = async move { wr.write_all(&frames).await.unwrap() };
+            let read = async {
+                let mut dec = carebridge::translate::hl7v2::MllpDecoder::new();
+                let mut buf = vec![0u8; 65536];
+                let mut acks = vec![];
+                while acks.len() < ids.len() {
+                    let k = tokio::time::timeout(Duration::from_secs(120), rd.read(&mut buf)).await.expect("acks keep coming").unwrap();
+                    assert!(k > 0, "connection closed after {} acks", acks.len());
+                    dec.push(&buf[..k]);
+                    while let Some(f) = dec.next_frame() {
+                        acks.push(String::from_utf8(f.unwrap()).unwrap());
+                    }
+                }
+                acks
+            };
+            let ((), acks) = tokio::join!(write, read);
+            acks
+        });
+    }
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    while let Some(r) = set.join_next().await {
+        for ack in r.unwrap() {
+            assert_eq!(msa(&ack), "AA", "{ack}");
+            let msa_line = ack.split('\r').find(|l| l.starts_with("MSA|")).unwrap();
+            let ctl = msa_line.split('|').nth(2).unwrap().to_owned();
+            *seen.entry(ctl).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), N, "every message acknowledged");
+    assert!(seen.values().all(|&n| n == 1), "no message acknowledged twice");
+    let patients = get(&s, "Patient?family=Stream&_summary=count").await.json()["total"].as_u64().unwrap();
+    assert_eq!(patients as usize, N, "every message stored exactly once");
+    let provs = get(&s, "Provenance?_summary=count").await.json()["total"].as_u64().unwrap();
+    assert_eq!(provs as usize, N, "one Provenance per message");
+    s.stop().await;
+}

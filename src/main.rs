@@ -149,12 +149,20 @@ async fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Serve { listen, db, base_url, max_body_bytes, package_cache, validation, mllp } => {
             let listen = listen.or(file.server.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+            let hl7 = match file.hl7v2.to_hl7_config() {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", cli.config.display());
+                    return ExitCode::from(2);
+                }
+            };
             let opts = ServerOptions {
                 database_url: db.or(file.database.url).unwrap_or_else(|| "sqlite:data/carebridge.db".into()),
                 package_cache: package_cache.or(file.fhir.package_cache.map(PathBuf::from)),
                 api: ApiConfig {
                     base_url: base_url.or(file.server.base_url),
                     max_body_bytes: max_body_bytes.or(file.server.max_body_bytes).unwrap_or(ApiConfig::default().max_body_bytes),
+                    hl7,
                 },
                 validation,
             };

@@ -37,11 +37,13 @@ pub struct ApiConfig {
     pub base_url: Option<String>,
     /// Request bodies over this many bytes are answered 413.
     pub max_body_bytes: usize,
+    /// HL7 v2 ingest settings (institutions by sending facility)
+    pub hl7: crate::ingest::hl7v2::Hl7Config,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024 }
+        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024, hl7: Default::default() }
     }
 }
 

@@ -25,6 +25,8 @@ use std::collections::HashMap;
 #[derive(Clone, Debug, Default)]
 pub struct Hl7Config {
     pub institutions: HashMap<String, InstitutionConfig>,
+    /// zone for senders that are not configured (default `Europe/Berlin`)
+    pub default_zone: Option<crate::translate::hl7v2::Zone>,
 }
 
 impl Hl7Config {
@@ -35,7 +37,11 @@ impl Hl7Config {
         }
         let id: String = key.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
         let id = id.trim_matches('-').to_owned();
-        InstitutionConfig::new(if id.is_empty() { "unknown-facility".to_owned() } else { id })
+        let mut c = InstitutionConfig::new(if id.is_empty() { "unknown-facility".to_owned() } else { id });
+        if let Some(z) = &self.default_zone {
+            c.time_zone = z.clone();
+        }
+        c
     }
 }
 

@@ -104,7 +104,7 @@ pub async fn handle(services: &Services, cfg: &Hl7Config, raw: &[u8]) -> Hl7Outc
     let t = match translate(&msg, raw, &inst, &received) {
         Ok(t) => t,
         Err(errors) => {
-            let unsupported = errors.iter().any(|e| matches!(e.code, 200 | 201 | 202 | 203));
+            let unsupported = errors.iter().any(|e| matches!(e.code, 200..=203));
             let code = if unsupported { AckCode::AR } else { AckCode::AE };
             return reject(&header, code, &errors);
         }

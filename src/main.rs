@@ -116,6 +116,20 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Patient/$summary and $everything for persons with records at three institutions: req/s, p50, p99
+    Summary {
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        persons: usize,
+        /// resources per person (all three records together)
+        #[arg(long, default_value_t = 500)]
+        resources: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Token + date search over generated Observations: req/s, p50, p99
     Search {
         #[arg(long)]
@@ -209,6 +223,9 @@ async fn main() -> ExitCode {
             }
             BenchCmd::Read { server, resources, concurrency, seconds } => cli::bench::read(server, resources, concurrency, seconds).await,
             BenchCmd::Hl7v2 { messages, connections, seconds } => cli::bench::hl7v2(messages, connections, seconds).await,
+            BenchCmd::Summary { server, persons, resources, concurrency, seconds } => {
+                cli::bench::summary(server, persons, resources, concurrency, seconds).await
+            }
             BenchCmd::Search { server, observations, concurrency, seconds } => {
                 cli::bench::search(server, observations, concurrency, seconds).await
             }

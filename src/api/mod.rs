@@ -18,6 +18,7 @@ mod hl7v2;
 mod metadata;
 pub mod negotiate;
 mod search;
+mod summary;
 mod validate;
 
 use crate::fhir::IssueType;
@@ -251,6 +252,22 @@ async fn route(app: &AppState, r: Req) -> Result<Response, ApiError> {
                 Method::PUT => crud::update(app, &r, t, id).await,
                 Method::DELETE => crud::delete(app, &r, t, id).await,
                 _ => Err(method_not_allowed(&r)),
+            }
+        }
+        ["Patient", id, "$everything"] => {
+            check_id(id)?;
+            if get || m == Method::POST {
+                summary::everything(app, &r, id).await
+            } else {
+                Err(method_not_allowed(&r))
+            }
+        }
+        ["Patient", id, "$summary"] => {
+            check_id(id)?;
+            if get {
+                summary::summary(app, &r, id).await
+            } else {
+                Err(method_not_allowed(&r))
             }
         }
         [t, id, "_history"] => {

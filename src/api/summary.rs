@@ -115,5 +115,5 @@ pub async fn everything(app: &AppState, r: &Req, id: &str) -> Result<Response, A
 
 pub async fn summary(app: &AppState, r: &Req, id: &str) -> Result<Response, ApiError> {
     let doc = summary::ips(&app.services, id, &r.base, datetime::now_micros()).await?;
-    Ok(fhir_response(StatusCode::OK, serde_json::to_vec(&doc).unwrap_or_default(), r.pretty))
+    Ok(fhir_response(StatusCode::OK, doc, r.pretty))
 }

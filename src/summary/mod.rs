@@ -199,8 +199,9 @@ fn narrative(items: &[String]) -> Value {
 }
 
 /// Build the IPS document for Patient `id` (absolute `base` for fullUrls,
-/// `now_us` for timestamps).
-pub async fn ips(services: &Services, id: &str, base: &str, now_us: i64) -> Result<Value, SummaryError> {
+/// `now_us` for timestamps) as JSON bytes; stored resources are embedded
+/// as stored.
+pub async fn ips(services: &Services, id: &str, base: &str, now_us: i64) -> Result<Vec<u8>, SummaryError> {
     let group = patient_group(services, id).await?;
     let types: Vec<String> = SECTIONS.iter().flat_map(|s| s.types.iter().map(|t| (*t).to_owned())).collect::<BTreeSet<_>>().into_iter().collect();
     let rows = read::patient_compartment(services, &group, Some(&types), None).await?;
@@ -308,32 +309,44 @@ pub async fn ips(services: &Services, id: &str, base: &str, now_us: i64) -> Resu
         "section": sections,
     });
     let gateway = json!({"resourceType": "Organization", "id": GATEWAY_ORG, "name": "carebridge regional gateway"});
-    let mut entries = vec![
-        json!({"fullUrl": format!("{base}/Composition/{comp_id}"), "resource": composition}),
-    ];
-    let mut seen: HashSet<(String, String)> = HashSet::new();
-    // the subject first, then the linked records
+    // the Bundle is written as bytes: stored resources go in exactly as stored
+    let js = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let mut out: Vec<u8> = Vec::with_capacity(4096 + doc_rows.iter().map(|r| r.body.as_ref().map_or(0, |b| b.len() + 128)).sum::<usize>());
+    out.extend_from_slice(b"{\"resourceType\":\"Bundle\",\"id\":");
+    out.extend_from_slice(js(&uuid::Uuid::new_v4().to_string()).as_bytes());
+    out.extend_from_slice(b",\"identifier\":{\"system\":\"urn:ietf:rfc:3986\",\"value\":");
+    out.extend_from_slice(js(&format!("urn:uuid:{comp_id}")).as_bytes());
+    out.extend_from_slice(b"},\"type\":\"document\",\"timestamp\":");
+    out.extend_from_slice(js(&now).as_bytes());
+    out.extend_from_slice(b",\"entry\":[");
+    let push = |out: &mut Vec<u8>, rtype: &str, rid: &str, body: &[u8]| {
+        if out.last() != Some(&b'[') {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"fullUrl\":");
+        out.extend_from_slice(js(&format!("{base}/{rtype}/{rid}")).as_bytes());
+        out.extend_from_slice(b",\"resource\":");
+        out.extend_from_slice(body);
+        out.push(b'}');
+    };
+    push(&mut out, "Composition", &comp_id, &serde_json::to_vec(&composition).unwrap_or_default());
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    // the subject first, then the linked records, the entries, what they reference
     for r in patients.iter().filter(|r| r.id == id).chain(patients.iter().filter(|r| r.id != id)).chain(doc_rows.iter()) {
-        if !seen.insert((r.rtype.clone(), r.id.clone())) {
+        if !seen.insert((r.rtype.as_str(), r.id.as_str())) {
             continue;
         }
-        let Some(b) = &r.body else { continue };
-        let v: Value = serde_json::from_slice(b).map_err(|_| SummaryError::Corrupt(format!("{}/{}", r.rtype, r.id)))?;
-        entries.push(json!({"fullUrl": format!("{base}/{}/{}", r.rtype, r.id), "resource": v}));
+        if let Some(b) = &r.body {
+            push(&mut out, &r.rtype, &r.id, b);
+        }
     }
-    if seen.insert(("Organization".into(), GATEWAY_ORG.into())) {
-        entries.push(json!({"fullUrl": format!("{base}/Organization/{GATEWAY_ORG}"), "resource": gateway}));
+    if !seen.contains(&("Organization", GATEWAY_ORG)) {
+        push(&mut out, "Organization", GATEWAY_ORG, &serde_json::to_vec(&gateway).unwrap_or_default());
     }
     for p in provenances {
         let pid = p["id"].as_str().unwrap_or_default().to_owned();
-        entries.push(json!({"fullUrl": format!("{base}/Provenance/{pid}"), "resource": p}));
+        push(&mut out, "Provenance", &pid, &serde_json::to_vec(&p).unwrap_or_default());
     }
-    Ok(json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "identifier": {"system": "urn:ietf:rfc:3986", "value": format!("urn:uuid:{comp_id}")},
-        "type": "document",
-        "timestamp": now,
-        "entry": entries,
-    }))
+    out.extend_from_slice(b"]}");
+    Ok(out)
 }

@@ -5,6 +5,7 @@
 
 use super::negotiate::fhir_response;
 use crate::fhir::{IssueType, OperationOutcome};
+use crate::ingest::import::ImportError;
 use crate::pipeline::PipelineError;
 use crate::read::ReadError;
 use crate::search::SearchError;
@@ -68,6 +69,20 @@ fn store_status(e: &StoreError) -> StatusCode {
         _ => {
             tracing::error!(error = %e, "storage failure");
             StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+impl From<ImportError> for ApiError {
+    /// An unreadable export is the client's (400); a storage fault is ours.
+    fn from(e: ImportError) -> Self {
+        match e {
+            ImportError::Store(se) => ApiError::Read(ReadError::Store(se)),
+            ImportError::Input(ie) => ApiError::new(StatusCode::BAD_REQUEST, IssueType::Invalid, ie.to_string()),
+            other => {
+                tracing::error!(error = %other, "import configuration failure");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueType::Exception, "import configuration error")
+            }
         }
     }
 }

@@ -21,6 +21,8 @@
 //! [hl7v2.institution.identifier_systems]      # assigning authority / type code → system
 //! KVNR = "http://fhir.de/sid/gkv/kvid-10"
 //! MRN-KLN = "urn:oid:1.2.276.0.76.4.8"
+//! [import]
+//! mappings_dir = "mappings"                   # CSV/JSON import mapping files
 //! ```
 //!
 //! Configured identifier systems come before the German defaults
@@ -51,6 +53,8 @@ pub struct FileConfig {
     pub database: DatabaseSection,
     #[serde(default)]
     pub fhir: FhirSection,
+    #[serde(default)]
+    pub import: ImportSection,
     #[serde(default)]
     pub hl7v2: Hl7v2Section,
 }
@@ -134,6 +138,12 @@ pub struct FhirSection {
     pub package_cache: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportSection {
+    pub mappings_dir: Option<String>,
+}
+
 impl FileConfig {
     /// Read `path`; a missing default file is an empty config.
     pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
@@ -152,12 +162,13 @@ mod tests {
     #[test]
     fn parses_and_rejects_unknown_keys() {
         let c: FileConfig = toml::from_str(
-            "[server]\nlisten = \"0.0.0.0:9000\"\nmax_body_bytes = 1024\n[database]\nurl = \"postgres://x@h/db\"\n",
+            "[server]\nlisten = \"0.0.0.0:9000\"\nmax_body_bytes = 1024\n[database]\nurl = \"postgres://x@h/db\"\n[import]\nmappings_dir = \"m\"\n",
         )
         .unwrap();
         assert_eq!(c.server.listen.as_deref(), Some("0.0.0.0:9000"));
         assert_eq!(c.server.max_body_bytes, Some(1024));
         assert_eq!(c.database.url.as_deref(), Some("postgres://x@h/db"));
+        assert_eq!(c.import.mappings_dir.as_deref(), Some("m"));
         assert!(toml::from_str::<FileConfig>("[server]\nlisen = \"typo\"\n").is_err());
         let missing = FileConfig::load(Path::new("does-not-exist.toml"), false).unwrap();
         assert!(missing.server.listen.is_none());

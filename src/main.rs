@@ -1,4 +1,4 @@
-//! The `carebridge` binary: `serve`, `load`, `bench`. See README.
+//! The `carebridge` binary: `serve`, `load`, `validate`, `import`, `bench`. See README.
 
 use carebridge::api::ApiConfig;
 use carebridge::cli;
@@ -43,6 +43,35 @@ enum Cmd {
         /// Validation on write: enforce (422 on errors), warn (store and log) or off
         #[arg(long, env = "CAREBRIDGE_VALIDATION", default_value = "enforce")]
         validation: carebridge::services::ValidationMode,
+        /// CSV/JSON import mapping files, one <institution>.toml each (default: mappings/ if present)
+        #[arg(long, env = "CAREBRIDGE_MAPPINGS")]
+        mappings: Option<PathBuf>,
+    },
+    /// Import a CSV/JSON export of an institution through its mapping file
+    Import {
+        /// The institution (its mapping file is <mappings>/<institution>.toml)
+        #[arg(long)]
+        institution: String,
+        /// The export file (.csv or .json)
+        file: PathBuf,
+        /// One transaction for the whole file: nothing is stored when any row is bad
+        #[arg(long)]
+        all_or_nothing: bool,
+        /// csv or json (default: from the file extension)
+        #[arg(long)]
+        format: Option<String>,
+        /// Post to a running server at this base URL
+        #[arg(long, conflicts_with = "db")]
+        server: Option<String>,
+        /// Write straight into this store (sqlite:PATH or postgres://…)
+        #[arg(long, env = "CAREBRIDGE_DATABASE_URL")]
+        db: Option<String>,
+        /// Mapping files (default: mappings/)
+        #[arg(long, env = "CAREBRIDGE_MAPPINGS")]
+        mappings: Option<PathBuf>,
+        /// No progress bar
+        #[arg(long)]
+        quiet: bool,
     },
     /// Load Bundles / NDJSON files or folders through the write pipeline
     Load {
@@ -130,6 +159,14 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// CSV import: translate rows/s (one thread), then translate+store rows/s of a generated N-row export
+    Import {
+        #[arg(long, default_value_t = 10_000)]
+        rows: usize,
+        /// rows per patient
+        #[arg(long, default_value_t = 5)]
+        rows_per_patient: usize,
+    },
     /// Token + date search over generated Observations: req/s, p50, p99
     Search {
         #[arg(long)]
@@ -161,7 +198,7 @@ async fn main() -> ExitCode {
         }
     };
     let result = match cli.cmd {
-        Cmd::Serve { listen, db, base_url, max_body_bytes, package_cache, validation, mllp } => {
+        Cmd::Serve { listen, db, base_url, max_body_bytes, package_cache, validation, mllp, mappings } => {
             let listen = listen.or(file.server.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
             let hl7 = match file.hl7v2.to_hl7_config() {
                 Ok(h) => h,
@@ -177,6 +214,7 @@ async fn main() -> ExitCode {
                     base_url: base_url.or(file.server.base_url),
                     max_body_bytes: max_body_bytes.or(file.server.max_body_bytes).unwrap_or(ApiConfig::default().max_body_bytes),
                     hl7,
+                    mappings_dir: mappings.or(file.import.mappings_dir.map(PathBuf::from)),
                 },
                 validation,
             };
@@ -216,6 +254,34 @@ async fn main() -> ExitCode {
                 },
             }
         }
+        Cmd::Import { institution, file: path, all_or_nothing, format, server, db, mappings, quiet } => {
+            let target = match server {
+                Some(s) => Ok(cli::import::Target::Server(s)),
+                None => {
+                    let opts = ServerOptions {
+                        database_url: db.or(file.database.url).unwrap_or_else(|| "sqlite:data/carebridge.db".into()),
+                        package_cache: file.fhir.package_cache.map(PathBuf::from),
+                        api: ApiConfig::default(),
+                        validation: Default::default(),
+                    };
+                    let mappings_dir = mappings.or(file.import.mappings_dir.map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("mappings"));
+                    server::services(&opts).await.map(|services| cli::import::Target::Store { services, mappings_dir }).map_err(|e| e.to_string())
+                }
+            };
+            match (target, cli::import::format_for(&path, format.as_deref())) {
+                (Err(e), _) | (_, Err(e)) => Err(e),
+                (Ok(t), Ok(fmt)) => match cli::import::run(t, &institution, &path, fmt, all_or_nothing, quiet).await {
+                    Err(e) => Err(e),
+                    Ok(r) => {
+                        for l in &r.lines {
+                            eprintln!("{l}");
+                        }
+                        println!("{}", r.summary);
+                        if r.rows_rejected == 0 && !r.nothing_imported { Ok(()) } else { Err(format!("{} rows rejected", r.rows_rejected)) }
+                    }
+                },
+            }
+        }
         Cmd::Validate { paths, verbose } => cli::validate::run(&paths, file.fhir.package_cache.map(PathBuf::from), verbose),
         Cmd::Bench { which } => match which {
             BenchCmd::Ingest { bundles, server, concurrency, limit, validation } => {
@@ -226,6 +292,7 @@ async fn main() -> ExitCode {
             BenchCmd::Summary { server, persons, resources, concurrency, seconds } => {
                 cli::bench::summary(server, persons, resources, concurrency, seconds).await
             }
+            BenchCmd::Import { rows, rows_per_patient } => cli::bench::import(rows, rows_per_patient).await,
             BenchCmd::Search { server, observations, concurrency, seconds } => {
                 cli::bench::search(server, observations, concurrency, seconds).await
             }

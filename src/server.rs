@@ -5,6 +5,7 @@
 
 use crate::api::{self, ApiConfig, AppState};
 use crate::ingest::hl7v2::Hl7Config;
+use crate::ingest::import::Mappings;
 use crate::fhir::definitions::{package_cache_dir, Definitions, DefinitionsError};
 use crate::search::Registry;
 use crate::services::{Services, ValidationMode};
@@ -24,6 +25,8 @@ pub enum ServerError {
     Validate(#[from] ValidateError),
     #[error("listening on {0}: {1}")]
     Bind(String, std::io::Error),
+    #[error("import mappings: {0}")]
+    Import(#[from] crate::ingest::import::ImportError),
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +103,13 @@ pub async fn start_with_mllp(services: Services, api_config: ApiConfig, listen: 
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| ServerError::Bind(listen.to_owned(), e))?;
     let addr = listener.local_addr().map_err(|e| ServerError::Bind(listen.to_owned(), e))?;
     let hl7: Hl7Config = api_config.hl7.clone();
+    let import = match &api_config.mappings_dir {
+        Some(dir) => Mappings::load_dir(dir, true)?,
+        None => Mappings::load_dir(std::path::Path::new("mappings"), false)?,
+    };
+    if !import.institutions().is_empty() {
+        tracing::info!(institutions = ?import.institutions(), "import mappings loaded");
+    }
     let mllp_addr = match mllp {
         Some(m) => {
             let l = tokio::net::TcpListener::bind(m).await.map_err(|e| ServerError::Bind(m.to_owned(), e))?;
@@ -110,7 +120,7 @@ pub async fn start_with_mllp(services: Services, api_config: ApiConfig, listen: 
         }
         None => None,
     };
-    let app = api::router(Arc::new(AppState { services, config: api_config, hl7 }));
+    let app = api::router(Arc::new(AppState { services, config: api_config, hl7, import }));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         let _ = axum::serve(listener, app)

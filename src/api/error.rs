@@ -5,6 +5,7 @@
 
 use super::negotiate::fhir_response;
 use crate::fhir::{IssueType, OperationOutcome};
+use crate::ingest::import::ImportError;
 use crate::pipeline::PipelineError;
 use crate::read::ReadError;
 use crate::search::SearchError;
@@ -93,6 +94,20 @@ impl From<SummaryError> for ApiError {
         match e {
             SummaryError::Read(r) => ApiError::Read(r),
             e => ApiError::Summary(e),
+        }
+    }
+}
+
+impl From<ImportError> for ApiError {
+    /// An unreadable export is the client's (400); a storage fault is ours.
+    fn from(e: ImportError) -> Self {
+        match e {
+            ImportError::Store(se) => ApiError::Read(ReadError::Store(se)),
+            ImportError::Input(ie) => ApiError::new(StatusCode::BAD_REQUEST, IssueType::Invalid, ie.to_string()),
+            other => {
+                tracing::error!(error = %other, "import configuration failure");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueType::Exception, "import configuration error")
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ mod crud;
 pub mod error;
 mod history;
 mod hl7v2;
+mod import;
 mod metadata;
 pub mod negotiate;
 mod search;
@@ -40,11 +41,13 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// HL7 v2 ingest settings (institutions by sending facility)
     pub hl7: crate::ingest::hl7v2::Hl7Config,
+    /// CSV/JSON import mapping files (`<institution>.toml`); `None`: `mappings/` if it exists.
+    pub mappings_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024, hl7: Default::default() }
+        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024, hl7: Default::default(), mappings_dir: None }
     }
 }
 
@@ -53,6 +56,8 @@ pub struct AppState {
     pub config: ApiConfig,
     /// HL7 v2 ingest settings (institutions by sending facility)
     pub hl7: crate::ingest::hl7v2::Hl7Config,
+    /// CSV/JSON import: one mapping per institution
+    pub import: crate::ingest::import::Mappings,
 }
 
 pub type Shared = Arc<AppState>;
@@ -128,6 +133,8 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
         .unwrap_or_default();
     let format = query.iter().find(|(k, _)| k == "_format").map(|(_, v)| v.as_str());
     let is_v2 = parts.uri.path().trim_matches('/') == "hl7v2";
+    // CSV/JSON import checks its own Content-Type (415 there)
+    let is_import = parts.uri.path().trim_matches('/').starts_with("import/");
     if !is_v2 {
         negotiate::check_accept(&parts.headers, format)?;
     }
@@ -143,7 +150,7 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
     let body = if has_body {
         let b = read_body(app, body, &parts.headers).await?;
         let is_form_search = segs.last().map(|s| s == "_search").unwrap_or(false);
-        if !is_form_search && !is_v2 && !b.is_empty() {
+        if !is_form_search && !is_v2 && !is_import && !b.is_empty() {
             negotiate::check_content_type(&parts.headers)?;
         }
         b
@@ -196,6 +203,8 @@ async fn route(app: &AppState, r: Req) -> Result<Response, ApiError> {
         ["_history"] => Err(method_not_allowed(&r)),
         ["hl7v2"] if m == Method::POST => hl7v2::post(app, &r).await,
         ["hl7v2"] => Err(method_not_allowed(&r)),
+        ["import", inst] if m == Method::POST => import::post(app, &r, inst).await,
+        ["import", _] => Err(method_not_allowed(&r)),
         [t, ..] if t.starts_with('$') || t.starts_with('_') => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             IssueType::NotSupported,

@@ -1,9 +1,11 @@
 //! Command-line work beyond `serve`: `load` (bulk ingest through the write
 //! pipeline, into a running server or straight into a store), `validate`
-//! (offline validation with a readable report and exit status) and `bench`
+//! (offline validation with a readable report and exit status), `import`
+//! (a CSV/JSON export through an institution's mapping) and `bench`
 //! (throughput/latency benchmarks that print figures; never timed tests).
 
 pub mod bench;
+pub mod import;
 pub mod load;
 pub mod validate;
 

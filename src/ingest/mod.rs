@@ -6,6 +6,9 @@
 //!
 //! * `hl7v2` — ER7 messages (over HTTP or MLLP) → transaction → v2 ACK.
 //! * `mllp` — the MLLP listener (HL7 v2 transport).
+//! * `import` — CSV / JSON exports → one transaction per patient group
+//!   (or one for the file) → a report OperationOutcome.
 
 pub mod hl7v2;
+pub mod import;
 pub mod mllp;

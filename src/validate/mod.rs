@@ -34,6 +34,8 @@ pub mod model;
 pub mod primitives;
 pub mod slicing;
 pub mod terminology;
+#[cfg(test)]
+mod tests;
 
 use crate::fhir::definitions::{DefinitionsError, CORE_PACKAGE};
 use crate::fhir::{IssueType, OperationOutcome, Severity};
@@ -402,11 +404,18 @@ impl<'m, 'v> Walk<'m, 'v> {
                 } else if let Some(&c) = sd.children[ei].iter().find(|&&c| sd.elements[c].choice && key.starts_with(&sd.elements[c].name)) {
                     let e = &sd.elements[c];
                     let allowed: Vec<&str> = e.types.iter().map(|t| t.code.as_str()).collect();
+                    let suffix = &key[e.name.len()..];
+                    let lower = suffix[..1].to_lowercase() + &suffix[1..];
+                    let shown = if self.model.is_primitive(&lower) { lower } else { suffix.to_owned() };
                     self.err(
                         IssueType::Structure,
                         &format!("{path}.{k}"),
-                        format!("{}: type {} is not allowed by profile {} (allowed: {})", e.path, &key[e.name.len()..], sd.url, allowed.join(", ")),
+                        format!("{}: type {shown} is not allowed by profile {} (allowed: {})", e.path, sd.url, allowed.join(", ")),
                     );
+                    // present, though of the wrong type: no cardinality error besides
+                    if !counts.iter().any(|(x, _)| *x == c) {
+                        counts.push((c, 1));
+                    }
                 }
                 continue;
             };

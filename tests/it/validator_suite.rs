@@ -30,7 +30,7 @@ pub async fn validator() -> Arc<Validator> {
 }
 
 /// Verdict agreement reached so far (percent); raise it as the validator grows.
-const VERDICT_FLOOR: f64 = 50.0;
+const VERDICT_FLOOR: f64 = 61.0;
 
 #[tokio::test]
 async fn validator_conformance() {

@@ -90,7 +90,12 @@ struct Walk<'m, 'v> {
     roots: Vec<&'v Value>,
     /// walking against a profile (url): only what the profile adds over core is reported
     profile: Option<String>,
+    /// Bundle entry resources are validated separately (in parallel)
+    skip_entry_resources: bool,
 }
+
+/// A Bundle with at least this many entries validates its entries on all cores.
+const PARALLEL_ENTRIES: usize = 32;
 
 /// Compile the invariants of a definition (identical expressions share one compilation).
 fn compile_invariants(sd: &StructDef, cache: &mut HashMap<String, Option<Expression>>) {
@@ -212,8 +217,64 @@ impl Validator {
     /// Validate against core, `meta.profile`, and each of `profiles` (canonical
     /// url, optionally `|version`); an unknown profile is an error issue naming it.
     pub fn validate_with_profiles(&self, res: &Value, profiles: &[&str]) -> OperationOutcome {
-        let mut w = Walk { v: self, model: &self.model, oo: OperationOutcome::new(), root: res, resources: vec![], roots: vec![], profile: None };
+        self.validate_opts(res, profiles, true)
+    }
+
+    /// [`validate_with_profiles`](Self::validate_with_profiles) on the calling thread only.
+    pub fn validate_single_threaded(&self, res: &Value, profiles: &[&str]) -> OperationOutcome {
+        self.validate_opts(res, profiles, false)
+    }
+
+    fn validate_opts(&self, res: &Value, profiles: &[&str], parallel: bool) -> OperationOutcome {
+        let entries = res.get("entry").and_then(Value::as_array).filter(|_| res.get("resourceType").and_then(Value::as_str) == Some("Bundle"));
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let split = parallel && threads > 1 && entries.is_some_and(|e| e.len() >= PARALLEL_ENTRIES);
+        let mut w = Walk {
+            v: self,
+            model: &self.model,
+            oo: OperationOutcome::new(),
+            root: res,
+            resources: vec![],
+            roots: vec![],
+            profile: None,
+            skip_entry_resources: split,
+        };
         w.resource(res, "", 0, false);
+        if let (true, Some(entries)) = (split, entries) {
+            // the entries' resources on all cores, issues merged in entry order
+            let chunk = entries.len().div_ceil(threads);
+            let parts: Vec<OperationOutcome> = std::thread::scope(|s| {
+                let handles: Vec<_> = entries
+                    .chunks(chunk)
+                    .enumerate()
+                    .map(|(ci, part)| {
+                        s.spawn(move || {
+                            let mut oo = OperationOutcome::new();
+                            for (j, e) in part.iter().enumerate() {
+                                let Some(r) = e.get("resource") else { continue };
+                                let mut ew = Walk {
+                                    v: self,
+                                    model: &self.model,
+                                    oo: OperationOutcome::new(),
+                                    root: r,
+                                    resources: vec![],
+                                    roots: vec![],
+                                    profile: None,
+                                    skip_entry_resources: false,
+                                };
+                                ew.resource(r, &format!("Bundle.entry[{}].resource", ci * chunk + j), 1, false);
+                                oo.issues.append(&mut ew.oo.issues);
+                            }
+                            oo
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+            });
+            for mut p in parts {
+                w.oo.issues.append(&mut p.issues);
+            }
+        }
         let rt = res.get("resourceType").and_then(Value::as_str).unwrap_or("");
         for p in profiles {
             let declared = res.pointer("/meta/profile").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x.as_str() == Some(p)));
@@ -345,6 +406,7 @@ impl<'m, 'v> Walk<'m, 'v> {
             resources: self.resources.clone(),
             roots: self.roots.clone(),
             profile: None,
+            skip_entry_resources: false,
         };
         if v.get("resourceType").is_some() {
             w.resources.push(v);
@@ -677,6 +739,9 @@ impl<'m, 'v> Walk<'m, 'v> {
             return;
         }
         if type_code == "Resource" || self.model.is_resource_type(type_code) {
+            if self.skip_entry_resources && !self.in_profile() && e.path == "Bundle.entry.resource" && self.resources.len() == 1 {
+                return;
+            }
             if profile {
                 // a nested resource with a profile on its type
                 let rt = v.get("resourceType").and_then(Value::as_str).unwrap_or("");

@@ -99,6 +99,12 @@ enum Cmd {
         /// Print every issue, not only errors
         #[arg(long)]
         verbose: bool,
+        /// Also validate against this profile (canonical url; repeatable)
+        #[arg(long)]
+        profile: Vec<String>,
+        /// Load the StructureDefinitions (with snapshot), ValueSets and CodeSystems in DIR (repeatable)
+        #[arg(long)]
+        pack: Vec<PathBuf>,
     },
     /// Benchmarks (print figures)
     Bench {
@@ -166,6 +172,20 @@ enum BenchCmd {
         /// rows per patient
         #[arg(long, default_value_t = 5)]
         rows_per_patient: usize,
+    },
+    /// Validator throughput: Synthea resources/s against core (one thread, then all cores)
+    Validate {
+        #[arg(long, env = "CAREBRIDGE_BENCH_BUNDLES", default_value = "../shared/samples/synthea")]
+        bundles: PathBuf,
+        /// Also validate against this profile (resources of its type; repeatable)
+        #[arg(long)]
+        profile: Vec<String>,
+        /// Load the definitions in DIR first (repeatable)
+        #[arg(long)]
+        pack: Vec<PathBuf>,
+        /// Only the first N bundles
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Token + date search over generated Observations: req/s, p50, p99
     Search {
@@ -282,7 +302,9 @@ async fn main() -> ExitCode {
                 },
             }
         }
-        Cmd::Validate { paths, verbose } => cli::validate::run(&paths, file.fhir.package_cache.map(PathBuf::from), verbose),
+        Cmd::Validate { paths, verbose, profile, pack } => {
+            cli::validate::run(&paths, file.fhir.package_cache.map(PathBuf::from), verbose, &profile, &pack)
+        }
         Cmd::Bench { which } => match which {
             BenchCmd::Ingest { bundles, server, concurrency, limit, validation } => {
                 cli::bench::ingest(server, bundles, concurrency, limit, validation).await
@@ -293,6 +315,9 @@ async fn main() -> ExitCode {
                 cli::bench::summary(server, persons, resources, concurrency, seconds).await
             }
             BenchCmd::Import { rows, rows_per_patient } => cli::bench::import(rows, rows_per_patient).await,
+            BenchCmd::Validate { bundles, profile, pack, limit } => {
+                cli::bench::validate(bundles, file.fhir.package_cache.map(PathBuf::from), &profile, &pack, limit)
+            }
             BenchCmd::Search { server, observations, concurrency, seconds } => {
                 cli::bench::search(server, observations, concurrency, seconds).await
             }

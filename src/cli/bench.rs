@@ -7,6 +7,9 @@
 //!   resources/s, beside the rate at which the same bytes merely parse with
 //!   serde_json (the ceiling).
 //! * `read` — GET by id at C concurrent clients: req/s, p50, p99.
+//! * `validate` — validator throughput over the Synthea resources (each
+//!   entry resource against core, plus `--profile`s of its type): one thread,
+//!   then all cores (entries split across threads).
 //! * `search` — token + date searches over generated Observations
 //!   (default 100,000): req/s, p50, p99.
 //! * `import` — a generated N-row CSV export of the shipped nursing-service
@@ -544,5 +547,69 @@ pub async fn import(rows: usize, per_patient: usize) -> Result<(), String> {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `bench validate`: resources/s of the validator, one thread and all cores.
+pub fn validate(dir: PathBuf, cache: Option<PathBuf>, profiles: &[String], packs: &[PathBuf], limit: Option<usize>) -> Result<(), String> {
+    let mut files = super::collect_files(std::slice::from_ref(&dir), &[".json"]).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if let Some(l) = limit {
+        files.truncate(l);
+    }
+    let t0 = Instant::now();
+    let v = super::validate::load_with_packs(cache, packs)?;
+    println!("definitions compiled in {:.2} s", t0.elapsed().as_secs_f64());
+    let mut resources: Vec<Value> = vec![];
+    for f in &files {
+        let raw = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let b: Value = serde_json::from_slice(&raw).map_err(|e| format!("{}: {e}", f.display()))?;
+        match b.get("entry").and_then(Value::as_array) {
+            Some(es) => resources.extend(es.iter().filter_map(|e| e.get("resource").cloned())),
+            None => resources.push(b),
+        }
+    }
+    if resources.is_empty() {
+        return Err(format!("no resources in {}", dir.display()));
+    }
+    let profiles_for = |r: &Value| -> Vec<&str> {
+        let rt = r.get("resourceType").and_then(Value::as_str).unwrap_or("");
+        profiles.iter().map(String::as_str).filter(|p| v.definition(p).is_some_and(|sd| sd.type_name == rt)).collect()
+    };
+    let run = |part: &[Value]| -> (usize, usize) {
+        let (mut errors, mut invalid) = (0, 0);
+        for r in part {
+            let n = v.validate_single_threaded(r, &profiles_for(r)).issues.iter().filter(|i| i.severity <= crate::fhir::Severity::Error).count();
+            errors += n;
+            invalid += usize::from(n > 0);
+        }
+        (errors, invalid)
+    };
+    // warm-up (lazy ValueSet and extension caches)
+    run(&resources[..resources.len().min(2000)]);
+    let t1 = Instant::now();
+    let (errors, invalid) = run(&resources);
+    let one = t1.elapsed().as_secs_f64();
+    println!(
+        "{} resources from {} files: one thread {:.2} s = {:.0} resources/s ({invalid} with errors, {errors} errors)",
+        resources.len(),
+        files.len(),
+        one,
+        resources.len() as f64 / one.max(1e-9)
+    );
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = resources.len().div_ceil(threads);
+    let t2 = Instant::now();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = resources.chunks(chunk).map(|p| s.spawn(move || run(p))).collect();
+        for h in hs {
+            let _ = h.join();
+        }
+    });
+    let all = t2.elapsed().as_secs_f64();
+    println!(
+        "all cores ({threads} threads): {all:.2} s = {:.0} resources/s ({:.0} per core)",
+        resources.len() as f64 / all.max(1e-9),
+        resources.len() as f64 / all.max(1e-9) / threads as f64
+    );
     Ok(())
 }

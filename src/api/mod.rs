@@ -18,6 +18,7 @@ mod hl7v2;
 mod metadata;
 pub mod negotiate;
 mod search;
+mod summary;
 mod validate;
 
 use crate::fhir::IssueType;
@@ -37,11 +38,13 @@ pub struct ApiConfig {
     pub base_url: Option<String>,
     /// Request bodies over this many bytes are answered 413.
     pub max_body_bytes: usize,
+    /// HL7 v2 ingest settings (institutions by sending facility)
+    pub hl7: crate::ingest::hl7v2::Hl7Config,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024 }
+        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024, hl7: Default::default() }
     }
 }
 
@@ -249,6 +252,22 @@ async fn route(app: &AppState, r: Req) -> Result<Response, ApiError> {
                 Method::PUT => crud::update(app, &r, t, id).await,
                 Method::DELETE => crud::delete(app, &r, t, id).await,
                 _ => Err(method_not_allowed(&r)),
+            }
+        }
+        ["Patient", id, "$everything"] => {
+            check_id(id)?;
+            if get || m == Method::POST {
+                summary::everything(app, &r, id).await
+            } else {
+                Err(method_not_allowed(&r))
+            }
+        }
+        ["Patient", id, "$summary"] => {
+            check_id(id)?;
+            if get {
+                summary::summary(app, &r, id).await
+            } else {
+                Err(method_not_allowed(&r))
             }
         }
         [t, id, "_history"] => {

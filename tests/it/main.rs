@@ -14,6 +14,7 @@ mod rest;
 mod sdk_client;
 mod search;
 mod storage;
+mod summary;
 mod tidy;
 mod transaction;
 mod validator_suite;

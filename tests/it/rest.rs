@@ -113,7 +113,7 @@ async fn negotiation() {
 
 #[tokio::test]
 async fn client_errors_are_operation_outcomes() {
-    let s = TestServer::start_with(Backend::Sqlite, ApiConfig { base_url: None, max_body_bytes: 4096 }).await;
+    let s = TestServer::start_with(Backend::Sqlite, ApiConfig { base_url: None, max_body_bytes: 4096, ..Default::default() }).await;
     assert_outcome(&get(&s, "NotAType/1").await, 404);
     assert_outcome(&get(&s, "NotAType").await, 404);
     assert_outcome(&get(&s, "Patient/does-not-exist").await, 404);

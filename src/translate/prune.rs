@@ -37,6 +37,27 @@ fn is_empty_leaf(v: &Value) -> bool {
     }
 }
 
+/// True if [`prune`] would change `v` or report it empty: a read-only walk, much cheaper than
+/// pruning (which rebuilds every map it retains from).
+pub fn has_empty(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => {
+            m.iter().any(|(k, c)| {
+                if k.starts_with('_') {
+                    if let Value::Array(a) = c {
+                        return a.is_empty()
+                            || a.iter().all(Value::is_null)
+                            || a.iter().any(|x| !x.is_null() && has_empty(x));
+                    }
+                }
+                has_empty(c)
+            }) || m.is_empty()
+        }
+        Value::Array(a) => a.is_empty() || a.iter().any(has_empty),
+        other => is_empty_leaf(other),
+    }
+}
+
 /// Removes empty members recursively. Returns true if `v` itself is empty
 /// afterwards (the caller removes it).
 pub fn prune(v: &mut Value) -> bool {
@@ -141,6 +162,26 @@ mod tests {
         let mut l2 = json!({"line": ["a"], "_line": [null]});
         prune(&mut l2);
         assert_eq!(l2, json!({"line": ["a"]}));
+    }
+
+    #[test]
+    fn has_empty_is_true_exactly_when_prune_changes_something() {
+        let cases = [
+            json!({"a": null}),
+            json!({"a": "x", "b": [1, ""]}),
+            json!({"a": {"b": [{}]}}),
+            json!({"d": "null"}),
+            json!({"line": ["a"], "_line": [null]}),
+            json!({"line": ["a", "b"], "_line": [{"extension": [{"url": "u", "valueString": "x"}]}, null]}),
+            json!({"line": ["a", "b"], "_line": [{"extension": []}, null]}),
+            json!({"keep": "x", "n": 0, "t": false, "o": {"p": [1, "y"]}}),
+            json!({}),
+        ];
+        for c in cases {
+            let mut p = c.clone();
+            let itself_empty = prune(&mut p);
+            assert_eq!(has_empty(&c), p != c || itself_empty, "{c}");
+        }
     }
 
     #[test]

@@ -312,9 +312,40 @@ fn check_time(input: &str, h: u32, mi: u32, s: u32) -> Result<(), DateTimeError>
 }
 
 fn fmt_offset(secs: i32) -> String {
-    let sign = if secs < 0 { '-' } else { '+' };
+    let mut s = String::with_capacity(6);
+    push_offset(&mut s, secs);
+    s
+}
+
+/// Appends `n` with at least `width` digits (zero-padded); the translator
+/// writes many timestamps per message, so this avoids `format!`.
+fn push_num(s: &mut String, n: u32, width: usize) {
+    let mut buf = [0u8; 10];
+    let mut i = buf.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for _ in (buf.len() - i)..width {
+        s.push('0');
+    }
+    for &b in &buf[i..] {
+        s.push(b as char);
+    }
+}
+
+/// Appends `±hh:mm` for an offset in seconds.
+fn push_offset(s: &mut String, secs: i32) {
+    s.push(if secs < 0 { '-' } else { '+' });
     let a = secs.unsigned_abs();
-    format!("{sign}{:02}:{:02}", a / 3600, a % 3600 / 60)
+    push_num(s, a / 3600, 2);
+    s.push(':');
+    push_num(s, a % 3600 / 60, 2);
 }
 
 impl Hl7DateTime {
@@ -459,11 +490,23 @@ impl Hl7DateTime {
     }
 
     fn date_string(&self) -> String {
-        match self.precision {
-            Precision::Year => format!("{:04}", self.year),
-            Precision::Month => format!("{:04}-{:02}", self.year, self.month),
-            _ => format!("{:04}-{:02}-{:02}", self.year, self.month, self.day),
+        let mut s = String::with_capacity(32);
+        self.push_date(&mut s);
+        s
+    }
+
+    fn push_date(&self, s: &mut String) {
+        push_num(s, self.year as u32, 4);
+        if matches!(self.precision, Precision::Year) {
+            return;
         }
+        s.push('-');
+        push_num(s, self.month as u32, 2);
+        if matches!(self.precision, Precision::Month) {
+            return;
+        }
+        s.push('-');
+        push_num(s, self.day as u32, 2);
     }
 
     /// FHIR `date`: `2024`, `2024-03` or `2024-03-05` (a time is cut off).
@@ -507,11 +550,27 @@ impl Hl7DateTime {
             Some(m) => m as i32 * 60,
             None => default_zone.offset_seconds(dt, &self.to_string())?,
         };
+        if secs % 60 == 0 {
+            let mut s = String::with_capacity(32);
+            self.push_date(&mut s);
+            s.push('T');
+            push_num(&mut s, self.hour as u32, 2);
+            s.push(':');
+            push_num(&mut s, self.minute as u32, 2);
+            s.push(':');
+            push_num(&mut s, self.second as u32, 2);
+            if let Some(f) = self.fraction() {
+                s.push('.');
+                s.push_str(f);
+            }
+            push_offset(&mut s, secs);
+            return Ok(s);
+        }
         let frac = match self.fraction() {
             Some(f) => format!(".{f}"),
             None => String::new(),
         };
-        if secs % 60 != 0 {
+        {
             // Offsets with seconds (LMT) cannot be written in FHIR: use UTC.
             let off = jiff::tz::Offset::from_seconds(secs).map_err(|e| {
                 DateTimeError::new(DateTimeErrorKind::Offset, &self.to_string(), e.to_string())
@@ -520,7 +579,7 @@ impl Hl7DateTime {
                 DateTimeError::new(DateTimeErrorKind::Syntax, &self.to_string(), e.to_string())
             })?;
             let u = ts.to_zoned(jiff::tz::TimeZone::UTC).datetime();
-            return Ok(format!(
+            Ok(format!(
                 "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{frac}Z",
                 u.year(),
                 u.month(),
@@ -528,16 +587,8 @@ impl Hl7DateTime {
                 u.hour(),
                 u.minute(),
                 u.second()
-            ));
+            ))
         }
-        Ok(format!(
-            "{}T{:02}:{:02}:{:02}{frac}{}",
-            self.date_string(),
-            self.hour,
-            self.minute,
-            self.second,
-            fmt_offset(secs)
-        ))
     }
 
     /// FHIR `instant`: needs a time (hour and minute precision are padded

@@ -7,7 +7,8 @@
 //! in PV1-7 and PV1-17, the same ward for two beds) keeps the first one and
 //! only fills in top-level elements it lacks, so a transaction never
 //! changes one resource twice (the pipeline rejects that). Each resource is
-//! pruned ([`super::prune`]) when added; one that is empty afterwards
+//! checked for empty values when added and pruned ([`super::prune`]) only
+//! if it has any (builders skip blanks, so that is rare); one that is empty afterwards
 //! (nothing but `resourceType` and `id`) is not added and gets no
 //! reference, so nothing can point at it.
 //!
@@ -19,12 +20,10 @@
 //! an impossible value; the caller just gets `None` and carries on, so one
 //! run reports every bad date of a message.
 
-use std::collections::HashMap;
-
 use serde_json::{Map, Value};
 
 use super::ids::resource_id;
-use super::prune::prune;
+use super::prune::{has_empty, prune};
 use super::InstitutionConfig;
 use crate::translate::hl7v2::{AckError, Hl7DateTime, Location, Message, Severity};
 
@@ -40,8 +39,10 @@ pub(crate) struct Ctx<'x, 'a> {
     pub msg: &'x Message<'a>,
     pub trigger: String,
     pub control_id: String,
+    /// In insertion order; looked up by a linear scan over (type, id):
+    /// a message makes a few dozen resources, and a scan with early
+    /// mismatches is cheaper than formatting and SipHashing a key per add.
     entries: Vec<Entry>,
-    index: HashMap<String, usize>,
     pub errors: Vec<AckError>,
     pub warnings: Vec<AckError>,
     /// `Organization/<id>` of the member institution.
@@ -55,17 +56,15 @@ impl<'x, 'a> Ctx<'x, 'a> {
         trigger: &str,
         control_id: String,
     ) -> Self {
-        let org_id = resource_id(&cfg.institution_id, "Organization", "institution");
         Ctx {
             cfg,
             msg,
             trigger: trigger.to_owned(),
             control_id,
-            entries: Vec::with_capacity(16),
-            index: HashMap::with_capacity(16),
+            entries: Vec::with_capacity(12),
             errors: Vec::new(),
             warnings: Vec::new(),
-            org_ref: format!("Organization/{org_id}"),
+            org_ref: cfg.org_ref(),
         }
     }
 
@@ -77,16 +76,21 @@ impl<'x, 'a> Ctx<'x, 'a> {
     /// Adds (or completes) a resource; returns its reference object
     /// `{"reference": "Type/id"}`, or `None` when the resource was empty.
     pub fn add(&mut self, rtype: &'static str, id: &str, mut resource: Value) -> Option<Value> {
-        prune(&mut resource);
+        // The builders (`json::put`, `obj!`) leave out blanks as they go, so
+        // the pruning walk, which rebuilds maps, only runs when the cheap
+        // read-only check finds something.
+        if has_empty(&resource) {
+            prune(&mut resource);
+        }
         let Value::Object(map) = resource else {
             return None;
         };
         if !map.keys().any(|k| k != "resourceType" && k != "id") {
             return None;
         }
-        let key = format!("{rtype}/{id}");
-        match self.index.get(&key) {
-            Some(&i) => match &mut self.entries[i].resource {
+        let key = type_id(rtype, id);
+        match self.position(rtype, id) {
+            Some(i) => match &mut self.entries[i].resource {
                 Some(Value::Object(existing)) => {
                     for (k, v) in map {
                         if !existing.contains_key(&k) {
@@ -100,7 +104,6 @@ impl<'x, 'a> Ctx<'x, 'a> {
                 Some(_) => {}
             },
             None => {
-                self.index.insert(key.clone(), self.entries.len());
                 self.entries.push(Entry {
                     rtype,
                     id: id.to_owned(),
@@ -113,11 +116,9 @@ impl<'x, 'a> Ctx<'x, 'a> {
 
     /// Adds a DELETE entry (unless the resource is already in the bundle).
     pub fn delete(&mut self, rtype: &'static str, id: &str) {
-        let key = format!("{rtype}/{id}");
-        if self.index.contains_key(&key) {
+        if self.position(rtype, id).is_some() {
             return;
         }
-        self.index.insert(key, self.entries.len());
         self.entries.push(Entry {
             rtype,
             id: id.to_owned(),
@@ -127,11 +128,17 @@ impl<'x, 'a> Ctx<'x, 'a> {
 
     /// Mutable access to a resource already added (to attach notes etc.).
     pub fn resource_mut(&mut self, rtype: &str, id: &str) -> Option<&mut Map<String, Value>> {
-        let i = *self.index.get(&format!("{rtype}/{id}"))?;
+        let i = self.position(rtype, id)?;
         match &mut self.entries[i].resource {
             Some(Value::Object(m)) => Some(m),
             _ => None,
         }
+    }
+
+    fn position(&self, rtype: &str, id: &str) -> Option<usize> {
+        self.entries
+            .iter()
+            .position(|e| e.id == id && e.rtype == rtype)
     }
 
     pub fn into_entries(self) -> (Vec<Entry>, Vec<AckError>, Vec<AckError>) {
@@ -238,6 +245,15 @@ impl<'x, 'a> Ctx<'x, 'a> {
             }
         }
     }
+}
+
+/// `Type/id` without `format!`.
+pub(crate) fn type_id(rtype: &str, id: &str) -> String {
+    let mut s = String::with_capacity(rtype.len() + 1 + id.len());
+    s.push_str(rtype);
+    s.push('/');
+    s.push_str(id);
+    s
 }
 
 /// `{"reference": "Type/id"}`.

@@ -202,6 +202,9 @@ pub struct InstitutionConfig {
     pub identifier_systems: Vec<(String, String)>,
     /// System for PID-3 identifiers that name no assigning authority.
     pub mrn_system: String,
+    /// (institution_id, `Organization/<id>`), computed once; used only
+    /// while `institution_id` is still the same (the field is public).
+    org_ref: std::sync::OnceLock<(String, String)>,
 }
 
 impl InstitutionConfig {
@@ -216,6 +219,25 @@ impl InstitutionConfig {
             organization_name: None,
             time_zone: Zone::iana("Europe/Berlin").unwrap_or_else(|_| Zone::utc()),
             identifier_systems: Self::german_identifier_systems(),
+            org_ref: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// `Organization/<id>` of the member institution.
+    pub(crate) fn org_ref(&self) -> String {
+        let make = || {
+            ctx::type_id(
+                "Organization",
+                &ids::resource_id(&self.institution_id, "Organization", "institution"),
+            )
+        };
+        let (inst, r) = self
+            .org_ref
+            .get_or_init(|| (self.institution_id.clone(), make()));
+        if *inst == self.institution_id {
+            r.clone()
+        } else {
+            make()
         }
     }
 
@@ -346,14 +368,14 @@ pub fn translate(
 
     let mut out = Vec::with_capacity(entries.len());
     for e in entries {
-        let url = format!("{}/{}", e.rtype, e.id);
+        let url = ctx::type_id(e.rtype, &e.id);
         let mut m = Map::with_capacity(3);
         match e.resource {
             Some(res) => {
-                m.insert(
-                    "fullUrl".into(),
-                    Value::String(format!("urn:uuid:{}", e.id)),
-                );
+                let mut full = String::with_capacity(9 + e.id.len());
+                full.push_str("urn:uuid:");
+                full.push_str(&e.id);
+                m.insert("fullUrl".into(), Value::String(full));
                 m.insert("resource".into(), res);
                 m.insert("request".into(), obj! {"method": "PUT", "url": url});
             }

@@ -1005,34 +1005,45 @@ pub(crate) fn location(ctx: &mut Ctx<'_, '_>, r: &Repetition<'_>) -> Option<Valu
         (r.component(2).part(1), "ro", "Room"),
         (r.component(3).part(1), "bd", "Bed"),
     ];
-    let mut key = facility.clone();
+    let deepest = levels.iter().rposition(|(v, _, _)| v.is_some())?;
+    let mut key = facility;
     let mut parent: Option<Value> = None;
-    let mut path: Vec<String> = Vec::new();
+    let mut path = String::new();
     let extra: Vec<String> = [r.part(7), r.part(8), r.part(9)]
         .into_iter()
         .flatten()
         .collect();
-    let deepest = levels.iter().rposition(|(v, _, _)| v.is_some());
-    let deepest = deepest?;
+    let system = {
+        let inst = pct(&ctx.cfg.institution_id);
+        let mut s = String::with_capacity(24 + inst.len());
+        s.push_str("urn:carebridge:");
+        s.push_str(&inst);
+        s.push_str(":location");
+        s
+    };
     for (i, (value, code, display)) in levels.iter().enumerate() {
         let Some(v) = value else { continue };
         key.push('|');
         key.push_str(code);
         key.push('=');
         key.push_str(v);
-        path.push(v.clone());
+        if !path.is_empty() {
+            path.push_str(" / ");
+        }
+        path.push_str(v);
         let id = ctx.id("Location", &key);
-        let description = if i == deepest && !extra.is_empty() {
-            Some(format!("{} ({})", path.join(" / "), extra.join(", ")))
-        } else {
-            Some(path.join(" / "))
-        };
+        let mut description = path.clone();
+        if i == deepest && !extra.is_empty() {
+            description.push_str(" (");
+            description.push_str(&extra.join(", "));
+            description.push(')');
+        }
         let res = obj! {
             "resourceType": "Location",
             "id": &id,
             "identifier": vec![
                 obj! {
-                    "system": format!("urn:carebridge:{}:location", pct(&ctx.cfg.institution_id)),
+                    "system": &system,
                     "value": key.trim_start_matches('|'),
                 },
             ],

@@ -23,6 +23,8 @@
 
 pub mod model;
 pub mod primitives;
+pub mod packs;
+pub mod snapshot;
 
 use crate::fhir::definitions::{DefinitionsError, CORE_PACKAGE};
 use crate::fhir::{IssueType, OperationOutcome, Severity};

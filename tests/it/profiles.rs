@@ -4,7 +4,7 @@
 //! `fixtures/profiles/<pack>/{valid,invalid}`.
 
 use carebridge::fhir::definitions::{package_cache_dir, CORE_PACKAGE};
-use carebridge::validate::packs::SnapshotSource;
+use carebridge::validate::packs::{self, SnapshotSource};
 use carebridge::validate::snapshot::{self, unversioned, Resolver};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -135,4 +135,83 @@ fn snapshot_generator_matches_published_ips_snapshots() {
     // ratchet: every element id in the published order, every compared facet equal
     assert_eq!(same_ids, profiles, "element ids and order agree for every profile");
     assert_eq!(all_equal, elements, "every compared facet agrees ({pct:.1} %)");
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn pack_dirs() -> Vec<PathBuf> {
+    vec![repo().join("profiles/de-region"), repo().join("profiles/cn-alliance")]
+}
+
+/// Both shipped packs load: every StructureDefinition gets a snapshot, and
+/// the manifests' mandatory profiles exist.
+#[test]
+fn shipped_packs_load_with_snapshots() {
+    let core = package(CORE_PACKAGE);
+    if !core.is_dir() {
+        eprintln!("packs: skipped (core package not installed)");
+        return;
+    }
+    let loaded = packs::load(&pack_dirs(), &[core]).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = loaded.iter().map(|p| p.manifest.name.as_str()).collect();
+    assert_eq!(names, ["de-region", "cn-alliance"]);
+    assert_eq!(loaded[0].structure_definitions.len(), 13);
+    assert_eq!(loaded[1].structure_definitions.len(), 4);
+    assert_eq!((loaded[0].value_sets.len(), loaded[0].code_systems.len()), (1, 1));
+    assert_eq!((loaded[1].value_sets.len(), loaded[1].code_systems.len()), (2, 2));
+    for sd in loaded.iter().flat_map(|p| &p.structure_definitions) {
+        let snap = sd["snapshot"]["element"].as_array().unwrap();
+        assert!(snap.len() > sd["differential"]["element"].as_array().unwrap().len(), "{}", sd["url"]);
+    }
+    let kvnr = loaded[0].structure_definitions.iter().find(|sd| sd["id"] == "de-patient").unwrap()["snapshot"]["element"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == "Patient.identifier:kvnr.system")
+        .cloned()
+        .unwrap();
+    assert_eq!(kvnr["fixedUri"], "http://fhir.de/sid/gkv/kvid-10");
+    assert_eq!(kvnr["min"], 1);
+}
+
+/// A broken pack is a start-up error that names the file and the element.
+#[test]
+fn broken_packs_are_errors_naming_file_and_element() {
+    let core = package(CORE_PACKAGE);
+    if !core.is_dir() {
+        eprintln!("broken packs: skipped (core package not installed)");
+        return;
+    }
+    let manifest = "name = \"t\"\ncanonical = \"urn:t\"\n";
+    let sd = |diff: Value, base: &str| {
+        serde_json::json!({"resourceType": "StructureDefinition", "url": "urn:t/StructureDefinition/p", "type": "Patient",
+            "baseDefinition": base, "derivation": "constraint", "kind": "resource", "abstract": false,
+            "differential": {"element": diff}})
+    };
+    let cases: Vec<(&str, String, Value, &str)> = vec![
+        ("widened", manifest.into(), sd(serde_json::json!([{"id": "Patient.birthDate", "path": "Patient.birthDate", "max": "2"}]), "http://hl7.org/fhir/StructureDefinition/Patient"), "element Patient.birthDate: max 2 exceeds the base's max 1"),
+        ("unknown element", manifest.into(), sd(serde_json::json!([{"id": "Patient.nmae", "path": "Patient.nmae", "min": 1}]), "http://hl7.org/fhir/StructureDefinition/Patient"), "element Patient.nmae: no element 'nmae'"),
+        ("missing base", manifest.into(), sd(serde_json::json!([]), "urn:nowhere"), "base urn:nowhere not found"),
+        ("unknown mandatory", format!("{manifest}[mandatory]\nPatient = [\"urn:t/StructureDefinition/q\"]\n"), sd(serde_json::json!([]), "http://hl7.org/fhir/StructureDefinition/Patient"), "mandatory profile urn:t/StructureDefinition/q is not defined"),
+        ("wrong type", format!("{manifest}[mandatory]\nCondition = [\"urn:t/StructureDefinition/p\"]\n"), sd(serde_json::json!([]), "http://hl7.org/fhir/StructureDefinition/Patient"), "for Condition profiles Patient"),
+    ];
+    for (what, toml, sd, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pack.toml"), toml).unwrap();
+        std::fs::write(dir.path().join("StructureDefinition-p.json"), sd.to_string()).unwrap();
+        std::fs::write(dir.path().join("broken.json.txt"), "ignored").unwrap();
+        let e = packs::load(&[dir.path().to_path_buf()], &[core.clone()]).err().unwrap_or_else(|| panic!("{what}: loaded")).to_string();
+        assert!(e.contains(expected), "{what}: {e}");
+        if !what.contains("mandatory") && what != "wrong type" {
+            assert!(e.contains("StructureDefinition-p.json"), "{what}: names the file: {e}");
+        }
+    }
+    // not JSON at all
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pack.toml"), manifest).unwrap();
+    std::fs::write(dir.path().join("x.json"), "{").unwrap();
+    let e = packs::load(&[dir.path().to_path_buf()], &[core]).err().unwrap().to_string();
+    assert!(e.contains("x.json"), "{e}");
 }

@@ -3,7 +3,10 @@
 //! (with profiles and target profiles), choice elements, content references,
 //! fixed/pattern values, bindings and constraints — with a per-element map
 //! from JSON property name to child element (R4 `elementdefinition.html`,
-//! `json.html` for choice-type property names).
+//! `json.html` for choice-type property names). Slices (R4 `profiling.html`
+//! §5.1.0.9 "Slicing") are kept apart from the plain children: each sliced
+//! element lists its slices and its discriminators; a slice's own children hang
+//! under the slice element.
 
 use crate::fhir::definitions::DefinitionsError;
 use serde_json::Value;
@@ -38,6 +41,8 @@ pub struct Constraint {
     pub severity_error: bool,
     pub human: String,
     pub expression: Option<String>,
+    /// the definition that introduced the constraint (`constraint.source`)
+    pub source: Option<String>,
     /// the expression compiled once by the validator (None: did not compile)
     pub compiled: std::sync::OnceLock<Option<crate::fhirpath::Expression>>,
 }
@@ -46,6 +51,22 @@ pub struct Constraint {
 pub struct Binding {
     pub strength: String,
     pub value_set: Option<String>,
+}
+
+/// `ElementDefinition.slicing.discriminator`: how instances are sorted into slices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discriminator {
+    /// value | exists | pattern | type | profile
+    pub kind: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slicing {
+    pub discriminators: Vec<Discriminator>,
+    pub ordered: bool,
+    /// closed | open | openAtEnd
+    pub rules: String,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +86,14 @@ pub struct Element {
     pub pattern: Option<Value>,
     pub binding: Option<Binding>,
     pub max_length: Option<usize>,
+    pub slice_name: Option<String>,
+    pub slicing: Option<Slicing>,
+    /// `minValue[x]` / `maxValue[x]` (as given)
+    pub min_value: Option<Value>,
+    pub max_value: Option<Value>,
+    /// `base.min` / `base.max`: the cardinality in the definition that introduced the element
+    pub base_min: u32,
+    pub base_max: Max,
 }
 
 /// One compiled StructureDefinition.
@@ -80,6 +109,18 @@ pub struct StructDef {
     pub children: Vec<Vec<usize>>,
     /// JSON property name → (child element, index of the type for choice elements)
     pub props: Vec<FxHashMap<String, (usize, Option<usize>)>>,
+    /// slices of each sliced element (indices into `elements`, in order)
+    pub slices: Vec<Vec<usize>>,
+    /// element id → index
+    pub by_id: FxHashMap<String, usize>,
+    /// element path → index (plain elements, not slices)
+    pub by_path: FxHashMap<String, usize>,
+    /// `constraint` (a profile) or `specialization`
+    pub derivation: String,
+    pub version: Option<String>,
+    pub name: String,
+    /// extension contexts: (type, expression)
+    pub contexts: Vec<(String, String)>,
 }
 
 /// `valueQuantity` for element `value[x]` with type `Quantity`.
@@ -155,23 +196,38 @@ impl StructDef {
                             severity_error: c.get("severity").and_then(Value::as_str) == Some("error"),
                             human: str_of(c, "human").unwrap_or_default(),
                             expression: expr.clone(),
+                            source: str_of(c, "source"),
                             compiled: std::sync::OnceLock::new(),
                         })
                     })
                     .clone();
                 constraints.push(arc);
             }
-            let mut fixed = None;
-            let mut pattern = None;
+            let (mut fixed, mut pattern, mut min_value, mut max_value) = (None, None, None, None);
             if let Some(obj) = e.as_object() {
                 for (k, v) in obj {
                     if k.starts_with("fixed") {
                         fixed = Some(v.clone());
                     } else if k.starts_with("pattern") {
                         pattern = Some(v.clone());
+                    } else if k.starts_with("minValue") {
+                        min_value = Some(v.clone());
+                    } else if k.starts_with("maxValue") {
+                        max_value = Some(v.clone());
                     }
                 }
             }
+            let slicing = e.get("slicing").map(|sl| Slicing {
+                discriminators: sl
+                    .get("discriminator")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|d| Discriminator { kind: str_of(d, "type").unwrap_or_default(), path: str_of(d, "path").unwrap_or_else(|| "$this".into()) })
+                    .collect(),
+                ordered: sl.get("ordered").and_then(Value::as_bool).unwrap_or(false),
+                rules: str_of(sl, "rules").unwrap_or_else(|| "open".into()),
+            });
             let binding = e.get("binding").map(|b| Binding {
                 strength: str_of(b, "strength").unwrap_or_default(),
                 value_set: str_of(b, "valueSet"),
@@ -191,6 +247,15 @@ impl StructDef {
                     pattern,
                     binding,
                     max_length: e.get("maxLength").and_then(Value::as_u64).map(|n| n as usize),
+                    slice_name: str_of(e, "sliceName"),
+                    slicing,
+                    min_value,
+                    max_value,
+                    base_min: e.pointer("/base/min").and_then(Value::as_u64).map_or(0, |n| n as u32),
+                    base_max: match e.pointer("/base/max").and_then(Value::as_str) {
+                        Some("*") | None => Max::Unbounded,
+                        Some(n) => Max::N(n.parse().unwrap_or(1)),
+                    },
                 },
                 str_of(e, "contentReference"),
             ));
@@ -210,15 +275,23 @@ impl StructDef {
             .collect();
         let n = elements.len();
         let mut children = vec![Vec::new(); n];
+        let mut slices = vec![Vec::new(); n];
         for (i, e) in elements.iter().enumerate() {
-            // parent: the element whose id is this id minus its last segment (slices excluded for now)
-            if e.id.contains(':') {
+            // a slice (`a.b:s`) belongs to its sliced element (`a.b`); any other element to
+            // the element whose id is this id minus its last segment
+            let Some((parent_id, last)) = e.id.rsplit_once('.').map(|(p, l)| (Some(p), l)).or(Some((None, e.id.as_str()))) else { continue };
+            if let Some((base, _)) = last.rsplit_once(':') {
+                let sliced = match parent_id {
+                    Some(p) => format!("{p}.{base}"),
+                    None => base.to_owned(),
+                };
+                if let Some(&s) = by_id.get(&sliced) {
+                    slices[s].push(i);
+                }
                 continue;
             }
-            if let Some((parent_id, _)) = e.id.rsplit_once('.') {
-                if let Some(&p) = by_id.get(parent_id) {
-                    children[p].push(i);
-                }
+            if let Some(p) = parent_id.and_then(|p| by_id.get(p)) {
+                children[*p].push(i);
             }
         }
         let mut props = vec![FxHashMap::default(); n];
@@ -235,7 +308,22 @@ impl StructDef {
             }
         }
         elements.shrink_to_fit();
+        let by_id: FxHashMap<String, usize> = by_id.into_iter().collect();
+        let by_path: FxHashMap<String, usize> = by_path.into_iter().collect();
         Some(StructDef {
+            slices,
+            by_id,
+            by_path,
+            derivation: str_of(sd, "derivation").unwrap_or_default(),
+            version: str_of(sd, "version"),
+            name: str_of(sd, "name").unwrap_or_default(),
+            contexts: sd
+                .get("context")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|c| (str_of(c, "type").unwrap_or_default(), str_of(c, "expression").unwrap_or_default()))
+                .collect(),
             url: str_of(sd, "url")?,
             type_name: str_of(sd, "type")?,
             kind: str_of(sd, "kind").unwrap_or_default(),
@@ -249,7 +337,7 @@ impl StructDef {
 }
 
 /// Every compiled definition, by canonical URL and (for base types) by type name.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Model {
     pub by_url: HashMap<String, Arc<StructDef>>,
     pub by_type: FxHashMap<String, Arc<StructDef>>,
@@ -307,7 +395,15 @@ impl Model {
         if sd.url == base_url {
             self.by_type.insert(sd.type_name.clone(), sd.clone());
         }
+        if let Some(v) = &sd.version {
+            self.by_url.insert(format!("{}|{v}", sd.url), sd.clone());
+        }
         self.by_url.insert(sd.url.clone(), sd);
+    }
+
+    /// A definition by canonical URL, `url|version` or plain url.
+    pub fn by_canonical(&self, url: &str) -> Option<&Arc<StructDef>> {
+        self.by_url.get(url).or_else(|| self.by_url.get(url.split('|').next().unwrap_or(url)))
     }
 
     pub fn type_def(&self, name: &str) -> Option<&Arc<StructDef>> {

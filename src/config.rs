@@ -10,6 +10,7 @@
 //! url = "sqlite:data/carebridge.db"           # or postgres://user@host/db
 //! [fhir]
 //! package_cache = "~/.fhir/packages"          # optional
+//! packs = ["profiles/de-region"]              # optional: regional profile packs
 //! ```
 
 use serde::Deserialize;
@@ -52,6 +53,8 @@ pub struct DatabaseSection {
 #[serde(deny_unknown_fields)]
 pub struct FhirSection {
     pub package_cache: Option<String>,
+    /// profile packs to load (`profiles/de-region`, …); `--pack` / `CAREBRIDGE_PACKS` override
+    pub packs: Option<Vec<String>>,
 }
 
 impl FileConfig {

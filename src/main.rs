@@ -43,6 +43,9 @@ enum Cmd {
         /// Validation on write: enforce (422 on errors), warn (store and log) or off
         #[arg(long, env = "CAREBRIDGE_VALIDATION", default_value = "enforce")]
         validation: carebridge::services::ValidationMode,
+        /// Profile pack folders to load (repeat, or comma-separated in CAREBRIDGE_PACKS); default fhir.packs
+        #[arg(long = "pack", env = "CAREBRIDGE_PACKS", value_delimiter = ',')]
+        packs: Vec<PathBuf>,
     },
     /// Load Bundles / NDJSON files or folders through the write pipeline
     Load {
@@ -70,6 +73,12 @@ enum Cmd {
         /// Print every issue, not only errors
         #[arg(long)]
         verbose: bool,
+        /// Profile pack folders to load (their mandatory profiles apply); default fhir.packs
+        #[arg(long = "pack", env = "CAREBRIDGE_PACKS", value_delimiter = ',')]
+        packs: Vec<PathBuf>,
+        /// Also validate against this profile (canonical URL; repeatable)
+        #[arg(long = "profile")]
+        profiles: Vec<String>,
     },
     /// Benchmarks (print figures)
     Bench {
@@ -146,8 +155,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let file_packs = file.fhir.packs.clone();
     let result = match cli.cmd {
-        Cmd::Serve { listen, db, base_url, max_body_bytes, package_cache, validation, mllp } => {
+        Cmd::Serve { listen, db, base_url, max_body_bytes, package_cache, validation, mllp, packs } => {
             let listen = listen.or(file.server.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
             let opts = ServerOptions {
                 database_url: db.or(file.database.url).unwrap_or_else(|| "sqlite:data/carebridge.db".into()),
@@ -157,6 +167,7 @@ async fn main() -> ExitCode {
                     max_body_bytes: max_body_bytes.or(file.server.max_body_bytes).unwrap_or(ApiConfig::default().max_body_bytes),
                 },
                 validation,
+                packs: packs_or(packs, &file_packs),
             };
             serve(opts, &listen, mllp.as_deref()).await
         }
@@ -169,6 +180,7 @@ async fn main() -> ExitCode {
                         package_cache: file.fhir.package_cache.map(PathBuf::from),
                         api: ApiConfig::default(),
                         validation: Default::default(),
+                        packs: packs_or(vec![], &file_packs),
                     };
                     server::services(&opts).await.map(cli::load::Target::Store).map_err(|e| e.to_string())
                 }
@@ -194,7 +206,10 @@ async fn main() -> ExitCode {
                 },
             }
         }
-        Cmd::Validate { paths, verbose } => cli::validate::run(&paths, file.fhir.package_cache.map(PathBuf::from), verbose),
+        Cmd::Validate { paths, verbose, packs, profiles } => {
+            let packs = packs_or(packs, &file_packs);
+            cli::validate::run(&paths, file.fhir.package_cache.map(PathBuf::from), verbose, &packs, &profiles)
+        }
         Cmd::Bench { which } => match which {
             BenchCmd::Ingest { bundles, server, concurrency, limit, validation } => {
                 cli::bench::ingest(server, bundles, concurrency, limit, validation).await
@@ -227,4 +242,12 @@ async fn serve(opts: ServerOptions, listen: &str, mllp: Option<&str>) -> Result<
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())
+}
+
+/// Packs from the command line / `CAREBRIDGE_PACKS`, else `fhir.packs` of the config file.
+fn packs_or(cli: Vec<PathBuf>, file: &Option<Vec<String>>) -> Vec<PathBuf> {
+    if !cli.is_empty() {
+        return cli;
+    }
+    file.iter().flatten().map(PathBuf::from).collect()
 }

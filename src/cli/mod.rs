@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod load;
+pub mod de_variant;
 pub mod validate;
 
 use std::path::{Path, PathBuf};

@@ -2,17 +2,30 @@
 //! definitions (the same validator the gateway runs on write). Prints each
 //! file's verdict and its errors (all issues with `--verbose`) and a closing
 //! summary; the exit status is non-zero when any file has errors.
+//!
+//! `--pack DIR` loads profile packs (their mandatory profiles apply to every
+//! resource, also to each entry of a Bundle); `--profile URL` adds a profile
+//! every top-level resource is checked against.
 
 use crate::fhir::definitions::package_cache_dir;
 use crate::fhir::Severity;
+use crate::validate::packs::Member;
 use crate::validate::Validator;
 use std::path::PathBuf;
 
-pub fn run(paths: &[PathBuf], cache: Option<PathBuf>, verbose: bool) -> Result<(), String> {
+pub fn run(paths: &[PathBuf], cache: Option<PathBuf>, verbose: bool, packs: &[PathBuf], profiles: &[String]) -> Result<(), String> {
     let files = super::collect_files(paths, &[".json"]).map_err(|e| e.to_string())?;
     let t0 = std::time::Instant::now();
-    let v = Validator::load(&cache.unwrap_or_else(package_cache_dir)).map_err(|e| e.to_string())?;
-    eprintln!("definitions compiled in {:.2} s", t0.elapsed().as_secs_f64());
+    let cache = cache.unwrap_or_else(package_cache_dir);
+    let mut v = Validator::load(&cache).map_err(|e| e.to_string())?;
+    let core_secs = t0.elapsed().as_secs_f64();
+    let policy = crate::validate::packs::load_into(&mut v, packs, &cache).map_err(|e| e.to_string())?;
+    eprintln!(
+        "definitions compiled in {:.2} s (core {core_secs:.2} s, {} packs {:.3} s)",
+        t0.elapsed().as_secs_f64(),
+        packs.len(),
+        t0.elapsed().as_secs_f64() - core_secs
+    );
     let (mut bad, mut resources) = (0usize, 0usize);
     let t1 = std::time::Instant::now();
     for f in &files {
@@ -26,7 +39,25 @@ pub fn run(paths: &[PathBuf], cache: Option<PathBuf>, verbose: bool) -> Result<(
             }
         };
         resources += 1 + res.get("entry").and_then(|e| e.as_array()).map_or(0, Vec::len);
-        let oo = v.validate(&res);
+        let rt = res.get("resourceType").and_then(|t| t.as_str()).unwrap_or("");
+        let mut wanted = policy.mandatory(rt, Member::default());
+        wanted.extend(profiles.iter().map(String::as_str));
+        let mut oo = v.validate_with_profiles(&res, &wanted);
+        // a Bundle's entries: their mandatory profiles too
+        for (i, e) in res.get("entry").and_then(|e| e.as_array()).into_iter().flatten().enumerate() {
+            let Some(r) = e.get("resource") else { continue };
+            let ert = r.get("resourceType").and_then(|t| t.as_str()).unwrap_or("");
+            let m = policy.mandatory(ert, Member::default());
+            if m.is_empty() {
+                continue;
+            }
+            for mut issue in v.validate_with_profiles(r, &m).issues {
+                issue.expression = issue.expression.iter().map(|x| format!("Bundle.entry[{i}].resource.{}", x.split_once('.').map_or("", |s| s.1))).collect();
+                if !oo.issues.contains(&issue) {
+                    oo.issues.push(issue);
+                }
+            }
+        }
         let errors: Vec<_> = oo.issues.iter().filter(|i| i.severity <= Severity::Error).collect();
         if errors.is_empty() {
             println!("valid   {}", f.display());

@@ -319,3 +319,29 @@ impl Policy {
         self.packs.iter().all(|m| m.mandatory.is_empty() && m.members.is_empty())
     }
 }
+
+/// Register every pack's definitions with the validator: StructureDefinitions
+/// (with their generated snapshots), ValueSets and CodeSystems.
+pub fn install(v: &mut super::Validator, packs: &[Pack]) -> Result<usize, PackError> {
+    let mut n = 0;
+    for p in packs {
+        for r in p.structure_definitions.iter().chain(&p.value_sets).chain(&p.code_systems) {
+            v.add_definition(r).map_err(|e| PackError::Invalid { file: p.dir.display().to_string(), message: format!("{}: {e}", r["url"].as_str().unwrap_or("")) })?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Load `pack_dirs` over the core package in `cache`, register their
+/// definitions with `v` and return the mandatory-profile policy. This is what
+/// the gateway runs at start-up; a broken pack is the error.
+pub fn load_into(v: &mut super::Validator, pack_dirs: &[PathBuf], cache: &Path) -> Result<Policy, PackError> {
+    if pack_dirs.is_empty() {
+        return Ok(Policy::default());
+    }
+    let core = cache.join(crate::fhir::definitions::CORE_PACKAGE).join("package");
+    let loaded = load(pack_dirs, &[core])?;
+    install(v, &loaded)?;
+    Ok(Policy::new(&loaded))
+}

@@ -202,7 +202,7 @@ fn broken_packs_are_errors_naming_file_and_element() {
         std::fs::write(dir.path().join("pack.toml"), toml).unwrap();
         std::fs::write(dir.path().join("StructureDefinition-p.json"), sd.to_string()).unwrap();
         std::fs::write(dir.path().join("broken.json.txt"), "ignored").unwrap();
-        let e = packs::load(&[dir.path().to_path_buf()], &[core.clone()]).err().unwrap_or_else(|| panic!("{what}: loaded")).to_string();
+        let e = packs::load(&[dir.path().to_path_buf()], std::slice::from_ref(&core)).err().unwrap_or_else(|| panic!("{what}: loaded")).to_string();
         assert!(e.contains(expected), "{what}: {e}");
         if !what.contains("mandatory") && what != "wrong type" {
             assert!(e.contains("StructureDefinition-p.json"), "{what}: names the file: {e}");
@@ -214,4 +214,181 @@ fn broken_packs_are_errors_naming_file_and_element() {
     std::fs::write(dir.path().join("x.json"), "{").unwrap();
     let e = packs::load(&[dir.path().to_path_buf()], &[core]).err().unwrap().to_string();
     assert!(e.contains("x.json"), "{e}");
+}
+
+/// The validator with both packs installed (shared by the fixture tests).
+fn pack_validator() -> Option<&'static carebridge::validate::Validator> {
+    static V: std::sync::OnceLock<Option<carebridge::validate::Validator>> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        let cache = package_cache_dir();
+        if !cache.join(CORE_PACKAGE).is_dir() {
+            return None;
+        }
+        let mut v = carebridge::validate::Validator::load(&cache).expect("core");
+        let loaded = packs::load(&pack_dirs(), &[package(CORE_PACKAGE)]).expect("packs");
+        packs::install(&mut v, &loaded).expect("install");
+        Some(v)
+    })
+    .as_ref()
+}
+
+/// Every fixture under `fixtures/profiles/<pack>/{valid,invalid}`: a valid
+/// resource has no error against core + its `meta.profile` + the packs'
+/// mandatory profiles; an invalid one has exactly the errors its sidecar
+/// `<name>.expect.json` lists (code, and a text the message contains).
+#[test]
+fn profile_fixtures() {
+    let Some(v) = pack_validator() else {
+        eprintln!("profile fixtures: skipped (core package not installed)");
+        return;
+    };
+    let loaded = packs::load(&pack_dirs(), &[package(CORE_PACKAGE)]).unwrap();
+    let hospital = packs::Member { id: None, kind: Some("hospital") };
+    let root = crate::common::fixtures().join("profiles");
+    let (mut valid, mut invalid, mut failures) = (0, 0, vec![]);
+    for (pi, pack) in ["de-region", "cn-alliance"].into_iter().enumerate() {
+        // each folder under its own pack's policy (one network per gateway)
+        let policy = packs::Policy::new(&loaded[pi..=pi]);
+        for kind in ["valid", "invalid"] {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(pack).join(kind)).unwrap().flatten().map(|e| e.path()).collect();
+            files.sort();
+            for f in files.iter().filter(|f| !f.to_string_lossy().ends_with(".expect.json")) {
+                let res: Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+                let rt = res["resourceType"].as_str().unwrap();
+                let mandatory = policy.mandatory(rt, hospital);
+                let oo = v.validate_with_profiles(&res, &mandatory);
+                let errors: Vec<(String, String, String)> = oo
+                    .issues
+                    .iter()
+                    .filter(|i| i.severity <= carebridge::fhir::Severity::Error)
+                    .map(|i| (i.code.as_str().to_owned(), i.expression.join(","), i.diagnostics.clone()))
+                    .collect();
+                let name = format!("{pack}/{kind}/{}", f.file_name().unwrap().to_string_lossy());
+                if kind == "valid" {
+                    valid += 1;
+                    if !errors.is_empty() {
+                        failures.push(format!("{name}: expected valid, got {errors:?}"));
+                    }
+                    continue;
+                }
+                invalid += 1;
+                let exp: Value = serde_json::from_slice(&std::fs::read(f.with_extension("expect.json")).unwrap()).unwrap();
+                let expected = exp["issues"].as_array().unwrap();
+                let matches = |e: &Value, got: &(String, String, String)| {
+                    e["code"].as_str() == Some(got.0.as_str())
+                        && e["expression"].as_str().is_none_or(|x| x == got.1)
+                        && got.2.contains(e["message"].as_str().unwrap_or(""))
+                };
+                let all_found = expected.iter().all(|e| errors.iter().any(|g| matches(e, g)));
+                let no_other = errors.iter().all(|g| expected.iter().any(|e| matches(e, g)));
+                if !(all_found && no_other) {
+                    failures.push(format!("{name} ({}): expected {expected:?}, got {errors:?}", exp["rule"]));
+                }
+            }
+        }
+    }
+    eprintln!("profile fixtures: {valid} valid, {invalid} invalid, {} failing", failures.len());
+    for x in &failures {
+        eprintln!("  {x}");
+    }
+    assert!(valid >= 16 && invalid >= 40, "fixtures found");
+    assert!(failures.is_empty());
+}
+
+/// The write pipeline validates against the de-region pack's mandatory
+/// profiles (no `meta.profile` needed); `$validate` takes a `profile`.
+#[tokio::test]
+async fn pipeline_enforces_mandatory_profiles() {
+    use crate::common::{post_json, Backend, TestServer};
+    let cache = package_cache_dir();
+    if !cache.join(CORE_PACKAGE).is_dir() {
+        eprintln!("pipeline profiles: skipped (core package not installed)");
+        return;
+    }
+    let (v, policy) = carebridge::server::validator_with_packs(None, vec![repo().join("profiles/de-region")]).await.unwrap();
+    let s = TestServer::start_validator(Backend::Sqlite, Default::default(), carebridge::services::ValidationMode::Enforce, false, v, policy).await;
+    let fx = crate::common::fixtures().join("profiles/de-region");
+    let mut good: Value = serde_json::from_slice(&std::fs::read(fx.join("valid/patient.json")).unwrap()).unwrap();
+    good.as_object_mut().unwrap().remove("meta");
+    let r = crate::common::put_json(&s, "Patient/de-pat-1", &good).await;
+    assert_eq!(r.status, 201, "{}", r.diagnostics());
+    // same patient, wrong KVNR check digit, no meta.profile: the mandatory profile rejects it
+    let mut bad = good.clone();
+    bad["identifier"][0]["value"] = "A123456781".into();
+    let r = crate::common::put_json(&s, "Patient/de-pat-1", &bad).await;
+    assert_eq!(r.status, 422, "{}", r.diagnostics());
+    assert!(r.text.contains("de-kvnr-2"), "{}", r.text);
+    // core-only types are untouched by the pack
+    let r = post_json(&s, "Basic", &serde_json::json!({"resourceType": "Basic", "code": {"text": "x"}})).await;
+    assert_eq!(r.status, 201, "{}", r.diagnostics());
+    // $validate with an explicit profile (Encounter is mandatory only for hospital members)
+    let enc: Value = serde_json::from_slice(&std::fs::read(fx.join("invalid/encounter-period-missing.json")).unwrap()).unwrap();
+    let mut enc_plain = enc.clone();
+    enc_plain.as_object_mut().unwrap().remove("meta");
+    let r = post_json(&s, "Encounter/$validate", &enc_plain).await;
+    assert_eq!(r.status, 200);
+    assert!(!r.text.contains("Encounter.period"), "no profile asked: {}", r.text);
+    let params = serde_json::json!({"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": enc_plain},
+        {"name": "profile", "valueCanonical": "https://carebridge.example/fhir/de-region/StructureDefinition/de-encounter"}]});
+    let r = post_json(&s, "Encounter/$validate", &params).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text.contains("Encounter.period: minimum required = 1"), "{}", r.text);
+    let r = post_json(&s, "Encounter/$validate?profile=https://nowhere.example/sd", &enc_plain).await;
+    assert!(r.text.contains("https://nowhere.example/sd"), "{}", r.text);
+    s.stop().await;
+}
+
+/// The German variant of Synthea bundles conforms to de-region's mandatory
+/// profiles; with broken KVNRs exactly the check-digit invariant fails.
+#[test]
+fn german_synthea_variant_conforms_and_broken_kvnr_is_rejected() {
+    use carebridge::cli::de_variant::germanize_bundle;
+    let Some(shared) = crate::common::shared_dir() else {
+        eprintln!("german variant: skipped (../shared not found)");
+        return;
+    };
+    let Some(v) = pack_validator() else {
+        eprintln!("german variant: skipped (core package not installed)");
+        return;
+    };
+    let loaded = packs::load(&pack_dirs()[..1], &[package(CORE_PACKAGE)]).unwrap();
+    let policy = packs::Policy::new(&loaded);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(shared.join("samples/synthea")).unwrap().flatten().map(|e| e.path()).collect();
+    files.sort();
+    let (mut checked, mut broken_hits) = (0, 0);
+    for f in files.iter().filter(|f| f.extension().is_some_and(|x| x == "json")).take(5) {
+        let raw: Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+        for broken in [false, true] {
+            let mut b = raw.clone();
+            germanize_bundle(&mut b, broken);
+            for e in b["entry"].as_array().unwrap() {
+                let r = &e["resource"];
+                let rt = r["resourceType"].as_str().unwrap();
+                let m = policy.mandatory(rt, packs::Member::default());
+                if m.is_empty() {
+                    continue;
+                }
+                let plain = v.validate(r);
+                let with = v.validate_with_profiles(r, &m);
+                // issues the profiles add (core issues of Synthea data are not this test's subject)
+                let added: Vec<String> = with
+                    .issues
+                    .iter()
+                    .filter(|i| i.severity <= carebridge::fhir::Severity::Error && !plain.issues.contains(i))
+                    .map(|i| i.diagnostics.clone())
+                    .collect();
+                if broken && rt == "Patient" {
+                    assert_eq!(added.len(), 1, "{}: {added:?}", f.display());
+                    assert!(added[0].contains("de-kvnr-2"), "{added:?}");
+                    broken_hits += 1;
+                } else {
+                    assert!(added.is_empty(), "{} {rt}: {added:?}", f.display());
+                    checked += usize::from(!broken);
+                }
+            }
+        }
+    }
+    eprintln!("german variant: {checked} resources conform to de-region, {broken_hits} broken KVNRs rejected");
+    assert!(checked > 10 && broken_hits == 5);
 }

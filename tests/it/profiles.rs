@@ -392,3 +392,54 @@ fn german_synthea_variant_conforms_and_broken_kvnr_is_rejected() {
     eprintln!("german variant: {checked} resources conform to de-region, {broken_hits} broken KVNRs rejected");
     assert!(checked > 10 && broken_hits == 5);
 }
+
+/// `carebridge validate --pack … --profile …` (the binary), a broken pack as
+/// a start-up error naming the file, and `fhir.packs` in carebridge.toml.
+#[test]
+fn cli_validate_with_packs_and_config() {
+    let c: carebridge::config::FileConfig = toml::from_str("[fhir]\npacks = [\"profiles/de-region\", \"profiles/cn-alliance\"]\n").unwrap();
+    assert_eq!(c.fhir.packs.unwrap(), ["profiles/de-region", "profiles/cn-alliance"]);
+    if !package(CORE_PACKAGE).is_dir() {
+        eprintln!("cli packs: skipped (core package not installed)");
+        return;
+    }
+    let fx = crate::common::fixtures().join("profiles/de-region");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_carebridge"))
+            .current_dir(repo())
+            .args(args)
+            .env_remove("CAREBRIDGE_PACKS")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let valid = fx.join("valid/patient.json");
+    let bad = fx.join("invalid/patient-kvnr-check-digit.json");
+    let mut plain: Value = serde_json::from_slice(&std::fs::read(&bad).unwrap()).unwrap();
+    plain.as_object_mut().unwrap().remove("meta");
+    let tmp = tempfile::tempdir().unwrap();
+    let plain_file = tmp.path().join("plain.json");
+    std::fs::write(&plain_file, plain.to_string()).unwrap();
+    // without the pack a KVNR is just an identifier
+    let (ok, text) = run(&["validate", plain_file.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    // with it, the mandatory profile applies; --profile adds one explicitly
+    let (ok, text) = run(&["validate", "--pack", "profiles/de-region", valid.to_str().unwrap(), plain_file.to_str().unwrap()]);
+    assert!(!ok && text.contains("de-kvnr-2") && text.contains("1 invalid"), "{text}");
+    let (ok, text) = run(&["validate", "--profile", "https://carebridge.example/fhir/de-region/StructureDefinition/de-encounter", "--pack", "profiles/de-region", fx.join("invalid/encounter-period-missing.json").to_str().unwrap()]);
+    assert!(!ok && text.contains("Encounter.period: minimum required = 1"), "{text}");
+    // a broken pack stops the command with the file and element named
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join("pack.toml"), "name = \"b\"\ncanonical = \"urn:b\"\n").unwrap();
+    std::fs::write(
+        broken.join("StructureDefinition-b.json"),
+        serde_json::json!({"resourceType": "StructureDefinition", "url": "urn:b/p", "type": "Patient", "derivation": "constraint",
+            "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
+            "differential": {"element": [{"id": "Patient.gender", "path": "Patient.gender", "max": "*"}]}})
+        .to_string(),
+    )
+    .unwrap();
+    let (ok, text) = run(&["validate", "--pack", broken.to_str().unwrap(), valid.to_str().unwrap()]);
+    assert!(!ok && text.contains("StructureDefinition-b.json") && text.contains("element Patient.gender: max * exceeds the base's max 1"), "{text}");
+}

@@ -182,19 +182,19 @@ impl<'r> Tree<'r> {
         }
     }
 
-    /// Deep copy of a subtree under new id/path prefixes: inherited nodes
-    /// only, each in its base form or (`current`) as constrained so far.
-    fn clone_pristine(&mut self, src: usize, id: &str, path: &str, current: bool) -> usize {
-        let mut elem = if current { self.nodes[src].elem.clone() } else { self.nodes[src].base.clone() };
+    /// Deep copy of a subtree under new id/path prefixes, each element as
+    /// constrained so far; slices this differential added are not copied.
+    fn clone_subtree(&mut self, src: usize, id: &str, path: &str) -> usize {
+        let mut elem = self.nodes[src].elem.clone();
         elem.insert("id".into(), Value::String(id.to_owned()));
         elem.insert("path".into(), Value::String(path.to_owned()));
         let n = self.push(elem, true);
-        let kids: Vec<usize> = if current { self.nodes[src].children.clone().unwrap_or_default() } else { self.nodes[src].base_children.clone() };
+        let kids: Vec<usize> = self.nodes[src].children.clone().unwrap_or_default();
         if !kids.is_empty() {
             let mut out = vec![];
             for k in kids {
                 let name = s(&self.nodes[k].base, "path").rsplit('.').next().unwrap_or("").to_owned();
-                let c = self.clone_pristine(k, &format!("{id}.{name}"), &format!("{path}.{name}"), current);
+                let c = self.clone_subtree(k, &format!("{id}.{name}"), &format!("{path}.{name}"));
                 out.push(c);
             }
             self.nodes[n].children = Some(out.clone());
@@ -203,7 +203,7 @@ impl<'r> Tree<'r> {
         let slices: Vec<usize> = self.nodes[src].slices.iter().copied().filter(|&x| self.nodes[x].inherited).collect();
         for sl in slices {
             let sname = s(&self.nodes[sl].base, "sliceName").to_owned();
-            let c = self.clone_pristine(sl, &format!("{id}:{sname}"), path, current);
+            let c = self.clone_subtree(sl, &format!("{id}:{sname}"), path);
             self.nodes[c].slice_of = Some(n);
             self.nodes[n].slices.push(c);
         }
@@ -225,7 +225,7 @@ impl<'r> Tree<'r> {
                 let mut out = vec![];
                 for k in kids {
                     let name = s(&self.nodes[k].base, "path").rsplit('.').next().unwrap_or("").to_owned();
-                    out.push(self.clone_pristine(k, &format!("{id}.{name}"), &format!("{path}.{name}"), true));
+                    out.push(self.clone_subtree(k, &format!("{id}.{name}"), &format!("{path}.{name}")));
                 }
                 self.nodes[i].children = Some(out);
                 return Ok(());

@@ -104,6 +104,17 @@ enum BenchCmd {
         #[arg(long, default_value = "enforce")]
         validation: carebridge::services::ValidationMode,
     },
+    /// Profile packs: start-up with packs, then German-variant Synthea through the mandatory profiles (conforming and rejecting paths)
+    Profiles {
+        #[arg(long, env = "CAREBRIDGE_BENCH_BUNDLES", default_value = "../shared/samples/synthea")]
+        bundles: PathBuf,
+        /// Pack folders (default: profiles/de-region)
+        #[arg(long = "pack")]
+        packs: Vec<PathBuf>,
+        /// Only the first N bundles
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// GET by id: req/s, p50, p99
     Read {
         #[arg(long)]
@@ -213,6 +224,10 @@ async fn main() -> ExitCode {
         Cmd::Bench { which } => match which {
             BenchCmd::Ingest { bundles, server, concurrency, limit, validation } => {
                 cli::bench::ingest(server, bundles, concurrency, limit, validation).await
+            }
+            BenchCmd::Profiles { bundles, packs, limit } => {
+                let packs = if packs.is_empty() { vec![PathBuf::from("profiles/de-region")] } else { packs };
+                cli::de_variant::bench(&bundles, &packs, file.fhir.package_cache.clone().map(PathBuf::from), limit)
             }
             BenchCmd::Read { server, resources, concurrency, seconds } => cli::bench::read(server, resources, concurrency, seconds).await,
             BenchCmd::Hl7v2 { messages, connections, seconds } => cli::bench::hl7v2(messages, connections, seconds).await,

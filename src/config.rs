@@ -23,6 +23,7 @@
 //! MRN-KLN = "urn:oid:1.2.276.0.76.4.8"
 //! [import]
 //! mappings_dir = "mappings"                   # CSV/JSON import mapping files
+//! packs = ["profiles/de-region"]              # optional: regional profile packs
 //! ```
 //!
 //! Configured identifier systems come before the German defaults
@@ -136,6 +137,8 @@ pub struct DatabaseSection {
 #[serde(deny_unknown_fields)]
 pub struct FhirSection {
     pub package_cache: Option<String>,
+    /// profile packs to load (`profiles/de-region`, …); `--pack` / `CAREBRIDGE_PACKS` override
+    pub packs: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -43,6 +43,9 @@ enum Cmd {
         /// Validation on write: enforce (422 on errors), warn (store and log) or off
         #[arg(long, env = "CAREBRIDGE_VALIDATION", default_value = "enforce")]
         validation: carebridge::services::ValidationMode,
+        /// Profile pack folders to load (repeat, or comma-separated in CAREBRIDGE_PACKS); default fhir.packs
+        #[arg(long = "pack", env = "CAREBRIDGE_PACKS", value_delimiter = ',')]
+        packs: Vec<PathBuf>,
         /// CSV/JSON import mapping files, one <institution>.toml each (default: mappings/ if present)
         #[arg(long, env = "CAREBRIDGE_MAPPINGS")]
         mappings: Option<PathBuf>,
@@ -99,12 +102,12 @@ enum Cmd {
         /// Print every issue, not only errors
         #[arg(long)]
         verbose: bool,
-        /// Also validate against this profile (canonical url; repeatable)
-        #[arg(long)]
-        profile: Vec<String>,
-        /// Load the StructureDefinitions (with snapshot), ValueSets and CodeSystems in DIR (repeatable)
-        #[arg(long)]
-        pack: Vec<PathBuf>,
+        /// Profile pack folders to load (their mandatory profiles apply); default fhir.packs
+        #[arg(long = "pack", env = "CAREBRIDGE_PACKS", value_delimiter = ',')]
+        packs: Vec<PathBuf>,
+        /// Also validate against this profile (canonical URL; repeatable)
+        #[arg(long = "profile")]
+        profiles: Vec<String>,
     },
     /// Benchmarks (print figures)
     Bench {
@@ -129,6 +132,17 @@ enum BenchCmd {
         /// Validation on write in the in-process gateway: enforce, warn or off
         #[arg(long, default_value = "enforce")]
         validation: carebridge::services::ValidationMode,
+    },
+    /// Profile packs: start-up with packs, then German-variant Synthea through the mandatory profiles (conforming and rejecting paths)
+    Profiles {
+        #[arg(long, env = "CAREBRIDGE_BENCH_BUNDLES", default_value = "../shared/samples/synthea")]
+        bundles: PathBuf,
+        /// Pack folders (default: profiles/de-region)
+        #[arg(long = "pack")]
+        packs: Vec<PathBuf>,
+        /// Only the first N bundles
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// GET by id: req/s, p50, p99
     Read {
@@ -217,8 +231,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let file_packs = file.fhir.packs.clone();
     let result = match cli.cmd {
-        Cmd::Serve { listen, db, base_url, max_body_bytes, package_cache, validation, mllp, mappings } => {
+        Cmd::Serve { listen, db, base_url, max_body_bytes, package_cache, validation, mllp, mappings, packs } => {
             let listen = listen.or(file.server.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
             let hl7 = match file.hl7v2.to_hl7_config() {
                 Ok(h) => h,
@@ -237,6 +252,7 @@ async fn main() -> ExitCode {
                     mappings_dir: mappings.or(file.import.mappings_dir.map(PathBuf::from)),
                 },
                 validation,
+                packs: packs_or(packs, &file_packs),
             };
             serve(opts, &listen, mllp.as_deref()).await
         }
@@ -249,6 +265,7 @@ async fn main() -> ExitCode {
                         package_cache: file.fhir.package_cache.map(PathBuf::from),
                         api: ApiConfig::default(),
                         validation: Default::default(),
+                        packs: packs_or(vec![], &file_packs),
                     };
                     server::services(&opts).await.map(cli::load::Target::Store).map_err(|e| e.to_string())
                 }
@@ -283,6 +300,7 @@ async fn main() -> ExitCode {
                         package_cache: file.fhir.package_cache.map(PathBuf::from),
                         api: ApiConfig::default(),
                         validation: Default::default(),
+                        packs: packs_or(vec![], &file_packs),
                     };
                     let mappings_dir = mappings.or(file.import.mappings_dir.map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("mappings"));
                     server::services(&opts).await.map(|services| cli::import::Target::Store { services, mappings_dir }).map_err(|e| e.to_string())
@@ -302,12 +320,17 @@ async fn main() -> ExitCode {
                 },
             }
         }
-        Cmd::Validate { paths, verbose, profile, pack } => {
-            cli::validate::run(&paths, file.fhir.package_cache.map(PathBuf::from), verbose, &profile, &pack)
+        Cmd::Validate { paths, verbose, packs, profiles } => {
+            let packs = packs_or(packs, &file_packs);
+            cli::validate::run(&paths, file.fhir.package_cache.map(PathBuf::from), verbose, &packs, &profiles)
         }
         Cmd::Bench { which } => match which {
             BenchCmd::Ingest { bundles, server, concurrency, limit, validation } => {
                 cli::bench::ingest(server, bundles, concurrency, limit, validation).await
+            }
+            BenchCmd::Profiles { bundles, packs, limit } => {
+                let packs = if packs.is_empty() { vec![PathBuf::from("profiles/de-region")] } else { packs };
+                cli::de_variant::bench(&bundles, &packs, file.fhir.package_cache.clone().map(PathBuf::from), limit)
             }
             BenchCmd::Read { server, resources, concurrency, seconds } => cli::bench::read(server, resources, concurrency, seconds).await,
             BenchCmd::Hl7v2 { messages, connections, seconds } => cli::bench::hl7v2(messages, connections, seconds).await,
@@ -344,4 +367,12 @@ async fn serve(opts: ServerOptions, listen: &str, mllp: Option<&str>) -> Result<
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())
+}
+
+/// Packs from the command line / `CAREBRIDGE_PACKS`, else `fhir.packs` of the config file.
+fn packs_or(cli: Vec<PathBuf>, file: &Option<Vec<String>>) -> Vec<PathBuf> {
+    if !cli.is_empty() {
+        return cli;
+    }
+    file.iter().flatten().map(PathBuf::from).collect()
 }

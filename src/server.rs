@@ -9,6 +9,7 @@ use crate::ingest::import::Mappings;
 use crate::fhir::definitions::{package_cache_dir, Definitions, DefinitionsError};
 use crate::search::Registry;
 use crate::services::{Services, ValidationMode};
+use crate::validate::packs::Policy;
 use crate::validate::{ValidateError, Validator};
 use crate::store::{self, StoreError};
 use std::net::SocketAddr;
@@ -23,6 +24,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Validate(#[from] ValidateError),
+    #[error("profile pack: {0}")]
+    Packs(#[from] crate::validate::packs::PackError),
     #[error("listening on {0}: {1}")]
     Bind(String, std::io::Error),
     #[error("import mappings: {0}")]
@@ -35,6 +38,8 @@ pub struct ServerOptions {
     pub package_cache: Option<PathBuf>,
     pub api: ApiConfig,
     pub validation: ValidationMode,
+    /// profile packs to load (folders with `pack.toml`)
+    pub packs: Vec<PathBuf>,
 }
 
 /// Load the core definitions and build the search registry.
@@ -64,12 +69,29 @@ pub async fn validator(package_cache: Option<PathBuf>) -> Result<Arc<Validator>,
     Ok(Arc::new(v))
 }
 
+/// Compile the core definitions and load the profile packs into them
+/// (snapshots generated, ValueSets/CodeSystems registered); returns the
+/// validator and the packs' mandatory-profile policy.
+pub async fn validator_with_packs(package_cache: Option<PathBuf>, packs: Vec<PathBuf>) -> Result<(Arc<Validator>, Arc<Policy>), ServerError> {
+    let cache = package_cache.unwrap_or_else(package_cache_dir);
+    let t0 = std::time::Instant::now();
+    let (v, policy) = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+        let mut v = Validator::load(&cache)?;
+        let policy = crate::validate::packs::load_into(&mut v, &packs, &cache)?;
+        Ok((v, policy))
+    })
+    .await
+    .expect("validator loader thread")?;
+    tracing::info!(definitions = v.model.by_url.len(), ms = t0.elapsed().as_millis() as u64, "validator compiled (with packs)");
+    Ok((Arc::new(v), Arc::new(policy)))
+}
+
 /// Load definitions and open the store.
 pub async fn services(opts: &ServerOptions) -> Result<Services, ServerError> {
     let registry = registry(opts.package_cache.clone()).await?;
-    let validator = validator(opts.package_cache.clone()).await?;
+    let (validator, policy) = validator_with_packs(opts.package_cache.clone(), opts.packs.clone()).await?;
     let store = store::open(&opts.database_url).await?;
-    Ok(Services { store, registry, validator, validation: opts.validation })
+    Ok(Services { store, registry, validator, validation: opts.validation, policy })
 }
 
 /// A running server (for tests and benchmarks): address and shutdown handle.

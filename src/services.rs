@@ -37,4 +37,6 @@ pub struct Services {
     pub registry: Arc<Registry>,
     pub validator: Arc<Validator>,
     pub validation: ValidationMode,
+    /// mandatory profiles of the loaded packs, per resource type and member
+    pub policy: Arc<crate::validate::packs::Policy>,
 }

@@ -5,10 +5,9 @@
 //! with an OperationOutcome listing the issues ("All OK" when none); a request
 //! that is not a resource at all is a 400. Nothing is stored.
 //!
-//! `profile` (query parameter or Parameters `profile`, canonical url with an
-//! optional `|version`): the resource is validated against core and that
-//! profile (`Validator::validate_with_profiles`); a profile the server does
-//! not know, or one for another type, is an error issue in the answer.
+//! What is checked: core, the resource's `meta.profile`, the loaded packs'
+//! mandatory profiles for its type (as on write) and the `profile` parameter;
+//! a profile the server does not know is an error issue naming it.
 
 use super::error::ApiError;
 use super::negotiate::fhir_response;
@@ -43,10 +42,12 @@ pub async fn validate(app: &AppState, r: &Req, t: &str, id: Option<&str>) -> Res
     if json::resource_type(&resource) != Some(t) {
         return Err(ApiError::bad_request(format!("$validate on {t} needs a {t} resource")));
     }
-    let validator = &app.services.validator;
-    let profiles: Vec<&str> = profile.as_deref().into_iter().collect();
     let mut oo = match mode.as_deref() {
-        None | Some("create") | Some("update") => validator.validate_with_profiles(&resource, &profiles),
+        None | Some("create") | Some("update") => {
+            let mut wanted = app.services.policy.mandatory(t, crate::validate::packs::Member::default());
+            wanted.extend(profile.as_deref());
+            app.services.validator.validate_with_profiles(&resource, &wanted)
+        }
         Some("delete") => OperationOutcome::new(),
         Some(m) => return Err(ApiError::bad_request(format!("mode '{m}' is not one of create, update, delete"))),
     };

@@ -53,6 +53,7 @@ pub async fn target_with(server: Option<String>, validation: crate::services::Va
         package_cache: None,
         api: Default::default(),
         validation,
+        packs: vec![],
     };
     let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
     let running = crate::server::start(services, opts.api, "127.0.0.1:0").await.map_err(|e| e.to_string())?;
@@ -347,6 +348,7 @@ pub async fn hl7v2(messages: usize, connections: usize, seconds: u64) -> Result<
         package_cache: None,
         api: Default::default(),
         validation: Default::default(),
+        packs: vec![],
     };
     let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
     let running = crate::server::start_with_mllp(services, opts.api, "127.0.0.1:0", Some("127.0.0.1:0")).await.map_err(|e| e.to_string())?;
@@ -531,6 +533,7 @@ pub async fn import(rows: usize, per_patient: usize) -> Result<(), String> {
         package_cache: None,
         api: Default::default(),
         validation: Default::default(),
+        packs: vec![],
     };
     let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
     let mapping = Arc::new(mapping);
@@ -557,7 +560,7 @@ pub fn validate(dir: PathBuf, cache: Option<PathBuf>, profiles: &[String], packs
         files.truncate(l);
     }
     let t0 = Instant::now();
-    let v = super::validate::load_with_packs(cache, packs)?;
+    let (v, policy) = super::validate::load_with_packs(cache, packs)?;
     println!("definitions compiled in {:.2} s", t0.elapsed().as_secs_f64());
     let mut resources: Vec<Value> = vec![];
     for f in &files {
@@ -573,7 +576,9 @@ pub fn validate(dir: PathBuf, cache: Option<PathBuf>, profiles: &[String], packs
     }
     let profiles_for = |r: &Value| -> Vec<&str> {
         let rt = r.get("resourceType").and_then(Value::as_str).unwrap_or("");
-        profiles.iter().map(String::as_str).filter(|p| v.definition(p).is_some_and(|sd| sd.type_name == rt)).collect()
+        let mut ps = policy.mandatory(rt, crate::validate::packs::Member::default());
+        ps.extend(profiles.iter().map(String::as_str).filter(|p| v.definition(p).is_some_and(|sd| sd.type_name == rt)));
+        ps
     };
     let run = |part: &[Value]| -> (usize, usize) {
         let (mut errors, mut invalid) = (0, 0);

@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod import;
 pub mod load;
+pub mod de_variant;
 pub mod validate;
 
 use std::path::{Path, PathBuf};

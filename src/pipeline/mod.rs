@@ -476,7 +476,10 @@ impl<'a> Pipeline<'a> {
                 continue;
             }
             let Some(res) = e.resource.as_ref() else { continue };
-            let mut oo = self.services.validator.validate(res);
+            // core + the loaded packs' mandatory profiles + meta.profile
+            let rt = res.get("resourceType").and_then(serde_json::Value::as_str).unwrap_or("");
+            let mandatory = self.services.policy.mandatory(rt, crate::validate::packs::Member::default());
+            let mut oo = self.services.validator.validate_with_profiles(res, &mandatory);
             oo.issues.retain(|i| i.severity <= crate::fhir::Severity::Error);
             if oo.issues.is_empty() {
                 continue;

@@ -32,7 +32,9 @@
 
 pub mod model;
 pub mod primitives;
+pub mod packs;
 pub mod slicing;
+pub mod snapshot;
 pub mod terminology;
 #[cfg(test)]
 mod tests;

@@ -96,6 +96,18 @@ impl TestServer {
     }
 
     async fn start_full(backend: Backend, api: ApiConfig, validation: ValidationMode, mllp: bool) -> TestServer {
+        Self::start_validator(backend, api, validation, mllp, crate::validator_suite::validator_arc().await, Default::default()).await
+    }
+
+    /// A server with its own validator and mandatory-profile policy (profile packs).
+    pub async fn start_validator(
+        backend: Backend,
+        api: ApiConfig,
+        validation: ValidationMode,
+        mllp: bool,
+        validator: Arc<carebridge::validate::Validator>,
+        policy: Arc<carebridge::validate::packs::Policy>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let (url, pg) = match backend {
             Backend::Sqlite => (format!("sqlite:{}", dir.path().join("test.db").display()), None),
@@ -110,8 +122,9 @@ impl TestServer {
         let services = Services {
             store,
             registry: registry().await,
-            validator: crate::validator_suite::validator_arc().await,
+            validator,
             validation,
+            policy,
         };
         let running = server::start_with_mllp(services.clone(), api, "127.0.0.1:0", mllp.then_some("127.0.0.1:0"))
             .await

@@ -10,6 +10,7 @@ mod hl7v2_ingest;
 mod hl7v2_parse;
 mod hl7v2_translate;
 mod hl7v2_vxu_mdm;
+mod profiles;
 mod rest;
 mod sdk_client;
 mod search;

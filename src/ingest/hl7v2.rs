@@ -89,6 +89,102 @@ fn response_bundle(results: &[EntryResult]) -> Value {
     json!({"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
 }
 
+const V2_TABLE: &str = "http://terminology.hl7.org/CodeSystem/v2-";
+
+/// Codes of user-defined v2 tables (hospital service 0069, admit source
+/// 0023, marital status 0002, …) are often the sender's own values. The
+/// translator puts a table-coded value into the HL7 table's CodeSystem
+/// (`http://terminology.hl7.org/CodeSystem/v2-nnnn`); when that CodeSystem is
+/// complete in the terminology package and does not contain the code, the
+/// code is the institution's, so its system becomes
+/// `urn:carebridge:<institution>:cs:v2-nnnn` and the ACK carries a warning
+/// (HL7 table 0357 code 103 "table value not found"). Standard values keep
+/// the HL7 system.
+fn localize_table_codes(services: &Services, institution: &str, bundle: &mut Value, warnings: &mut Vec<AckError>) {
+    fn walk(v: &mut Value, f: &mut dyn FnMut(&mut serde_json::Map<String, Value>)) {
+        match v {
+            Value::Object(m) => {
+                f(m);
+                for c in m.values_mut() {
+                    walk(c, f);
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|c| walk(c, f)),
+            _ => {}
+        }
+    }
+    let term = &services.validator.terminology;
+    let mut seen: Vec<(String, String)> = vec![];
+    walk(bundle, &mut |m| {
+        let (Some(Value::String(system)), Some(Value::String(code))) = (m.get("system"), m.get("code")) else { return };
+        let Some(table) = system.strip_prefix(V2_TABLE) else { return };
+        let Some(cs) = term.code_system(system) else { return };
+        let known = cs.codes.contains_key(code.as_str())
+            || (!cs.case_sensitive && cs.codes.keys().any(|k| k.eq_ignore_ascii_case(code)));
+        if !cs.complete || known {
+            return;
+        }
+        let (table, code) = (table.to_owned(), code.clone());
+        m.insert("system".into(), Value::String(format!("urn:carebridge:{institution}:cs:v2-{table}")));
+        if !seen.contains(&(table.clone(), code.clone())) {
+            warnings.push(
+                AckError::new(103, Severity::Warning)
+                    .message(format!("'{code}' is not a value of HL7 table {table}; kept as the institution's local code")),
+            );
+            seen.push((table, code));
+        }
+    });
+}
+
+/// Extensions the translator may write whose definitions are not in the
+/// core or extensions packages (the German `gender-amtlich-de` on
+/// `Patient.gender`) are kept only when a loaded profile pack defines them;
+/// otherwise they are removed before validation (an undefined extension on
+/// a primitive is invalid FHIR) and the ACK says so (warning 207).
+fn drop_unknown_extensions(services: &Services, bundle: &mut Value, warnings: &mut Vec<AckError>) {
+    fn walk(v: &mut Value, known: &dyn Fn(&str) -> bool, dropped: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                let mut empty_keys = vec![];
+                for (k, c) in m.iter_mut() {
+                    if k == "extension" || k == "modifierExtension" {
+                        if let Value::Array(a) = c {
+                            a.retain(|x| match x.get("url").and_then(Value::as_str) {
+                                Some(u) if u.contains(':') && !known(u) => {
+                                    if !dropped.iter().any(|d| d == u) {
+                                        dropped.push(u.to_owned());
+                                    }
+                                    false
+                                }
+                                _ => true,
+                            });
+                            if a.is_empty() {
+                                empty_keys.push(k.clone());
+                            }
+                        }
+                    } else {
+                        walk(c, known, dropped);
+                        if c.as_object().is_some_and(|o| o.is_empty()) && k.starts_with('_') {
+                            empty_keys.push(k.clone());
+                        }
+                    }
+                }
+                for k in empty_keys {
+                    m.remove(&k);
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|c| walk(c, known, dropped)),
+            _ => {}
+        }
+    }
+    let v = &services.validator;
+    let mut dropped = vec![];
+    walk(bundle, &|u| v.definition(u).is_some(), &mut dropped);
+    for u in dropped {
+        warnings.push(AckError::new(207, Severity::Warning).message(format!("extension {u} is not defined by a loaded profile pack; left out")));
+    }
+}
+
 /// Handle one message (bytes as received: UTF-8, optionally with a BOM, or
 /// Latin-1 when MSH-18 says so).
 pub async fn handle(services: &Services, cfg: &Hl7Config, raw: &[u8]) -> Hl7Outcome {
@@ -101,7 +197,7 @@ pub async fn handle(services: &Services, cfg: &Hl7Config, raw: &[u8]) -> Hl7Outc
     let facility = msg.header().field(4).component(1).decoded().into_owned();
     let inst = cfg.institution_for(&facility);
     let received = datetime::format_instant(datetime::now_micros());
-    let t = match translate(&msg, raw, &inst, &received) {
+    let mut t = match translate(&msg, raw, &inst, &received) {
         Ok(t) => t,
         Err(errors) => {
             let unsupported = errors.iter().any(|e| matches!(e.code, 200..=203));
@@ -109,6 +205,8 @@ pub async fn handle(services: &Services, cfg: &Hl7Config, raw: &[u8]) -> Hl7Outc
             return reject(&header, code, &errors);
         }
     };
+    localize_table_codes(services, &inst.institution_id, &mut t.bundle, &mut t.warnings);
+    drop_unknown_extensions(services, &mut t.bundle, &mut t.warnings);
     let entries = match bundle_entries(&t.bundle) {
         Ok(e) => e,
         Err(m) => return reject(&header, AckCode::AE, &[AckError::new(207, Severity::Error).message(m)]),

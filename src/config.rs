@@ -10,6 +10,9 @@
 //! url = "sqlite:data/carebridge.db"           # or postgres://user@host/db
 //! [fhir]
 //! package_cache = "~/.fhir/packages"          # optional
+//! [mpi]                                       # optional; defaults in services::mpi
+//! upper = 17.0
+//! lower = 10.0
 //! ```
 
 use serde::Deserialize;
@@ -32,6 +35,9 @@ pub struct FileConfig {
     pub database: DatabaseSection,
     #[serde(default)]
     pub fhir: FhirSection,
+    /// master patient index policy (see `services::mpi` for the keys and defaults)
+    #[serde(default)]
+    pub mpi: crate::services::mpi::MpiConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -157,6 +157,7 @@ async fn main() -> ExitCode {
                     max_body_bytes: max_body_bytes.or(file.server.max_body_bytes).unwrap_or(ApiConfig::default().max_body_bytes),
                 },
                 validation,
+                mpi: file.mpi,
             };
             serve(opts, &listen, mllp.as_deref()).await
         }
@@ -169,6 +170,7 @@ async fn main() -> ExitCode {
                         package_cache: file.fhir.package_cache.map(PathBuf::from),
                         api: ApiConfig::default(),
                         validation: Default::default(),
+                        mpi: file.mpi,
                     };
                     server::services(&opts).await.map(cli::load::Target::Store).map_err(|e| e.to_string())
                 }

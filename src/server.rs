@@ -32,6 +32,8 @@ pub struct ServerOptions {
     pub package_cache: Option<PathBuf>,
     pub api: ApiConfig,
     pub validation: ValidationMode,
+    /// master patient index policy (`[mpi]` in carebridge.toml)
+    pub mpi: crate::services::mpi::MpiConfig,
 }
 
 /// Load the core definitions and build the search registry.
@@ -66,7 +68,7 @@ pub async fn services(opts: &ServerOptions) -> Result<Services, ServerError> {
     let registry = registry(opts.package_cache.clone()).await?;
     let validator = validator(opts.package_cache.clone()).await?;
     let store = store::open(&opts.database_url).await?;
-    Ok(Services { store, registry, validator, validation: opts.validation })
+    Ok(Services { store, registry, validator, validation: opts.validation, mpi: Arc::new(opts.mpi.clone()) })
 }
 
 /// A running server (for tests and benchmarks): address and shutdown handle.

@@ -47,6 +47,7 @@ pub async fn target_with(server: Option<String>, validation: crate::services::Va
         package_cache: None,
         api: Default::default(),
         validation,
+        mpi: Default::default(),
     };
     let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
     let running = crate::server::start(services, opts.api, "127.0.0.1:0").await.map_err(|e| e.to_string())?;
@@ -316,6 +317,7 @@ pub async fn hl7v2(messages: usize, connections: usize, seconds: u64) -> Result<
         package_cache: None,
         api: Default::default(),
         validation: Default::default(),
+        mpi: Default::default(),
     };
     let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
     let running = crate::server::start_with_mllp(services, opts.api, "127.0.0.1:0", Some("127.0.0.1:0")).await.map_err(|e| e.to_string())?;

@@ -112,6 +112,7 @@ impl TestServer {
             registry: registry().await,
             validator: crate::validator_suite::validator_arc().await,
             validation,
+            mpi: Default::default(),
         };
         let running = server::start_with_mllp(services.clone(), api, "127.0.0.1:0", mllp.then_some("127.0.0.1:0"))
             .await

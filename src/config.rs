@@ -11,8 +11,8 @@
 //! [fhir]
 //! package_cache = "~/.fhir/packages"          # optional
 //! [mpi]                                       # optional; defaults in services::mpi
-//! upper = 17.0
-//! lower = 10.0
+//! upper = 19.0
+//! lower = 11.0
 //! ```
 
 use serde::Deserialize;

@@ -75,7 +75,7 @@ mod tests {
     fn gb11643() {
         // the standard's worked example and a common test number
         assert!(gb11643_valid("11010519491231002X"));
-        assert!(gb11643_valid("110105194912310029") == false);
+        assert!(!gb11643_valid("110105194912310029"));
         assert!(gb11643_valid("440524188001010014"));
         assert!(!gb11643_valid("440524188001010015"));
         assert!(!gb11643_valid("44052418800101001"));

@@ -418,6 +418,11 @@ impl<'a> Linker<'a> {
                         ("auto", "level2", "auto-link")
                     };
                     let old = me.grp.clone();
+                    // the record it matched was alone so far: it is now linked the same way
+                    let mut up = Sql::new("UPDATE mpi_patient SET how = ");
+                    up.text_param(how).push(", assurance = ").text_param(level).push(", score = ").real_param(cmp.weight);
+                    up.push(" WHERE grp = ").text_param(grp.clone()).push(" AND how = 'new'");
+                    self.tx.execute(up).await?;
                     self.set_group(&me.pid, &grp, how, level, cmp.weight).await?;
                     self.touched.insert(old);
                     self.audit(action, &[&me.pid, &other], Some(&grp), Some(cmp.weight), &cmp.explain()).await?;
@@ -429,10 +434,8 @@ impl<'a> Linker<'a> {
                     self.merge_groups(&grp, &target).await?;
                     self.audit("deterministic-link", &[&me.pid, &other], Some(&target), Some(cmp.weight), &cmp.explain()).await?;
                 }
-                _ if cmp.grade >= Grade::Possible => {
-                    if !pairs.contains_key(&other) {
-                        self.queue_review(&me.pid, &other, &cmp).await?;
-                    }
+                _ if cmp.grade >= Grade::Possible && !pairs.contains_key(&other) => {
+                    self.queue_review(&me.pid, &other, &cmp).await?;
                 }
                 _ => {}
             }

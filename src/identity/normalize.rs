@@ -222,7 +222,7 @@ mod tests {
         assert!((jaro_winkler("martha", "marhta") - 0.961).abs() < 0.001);
         assert!(jaro_winkler("mueller", "muller") > 0.9);
         assert!(jaro_winkler("schmidt", "weber") < 0.6);
-        assert!(date_typo("19560314", "19560341") == false);
+        assert!(!date_typo("19560314", "19560341"));
         assert!(date_typo("19560304", "19560403"), "day/month swapped");
         assert!(date_typo("19560314", "19560315"), "one digit off");
         assert!(!date_typo("19560314", "19650314"), "two digits differ");

@@ -11,8 +11,8 @@
 //! ```toml
 //! [mpi]
 //! enabled = true
-//! upper = 17.0        # auto-link at or above (log2 likelihood ratio)
-//! lower = 10.0        # review queue (a Task) at or above, nothing below
+//! upper = 19.0        # auto-link at or above (log2 likelihood ratio)
+//! lower = 11.0        # review queue (a Task) at or above, nothing below
 //! [[mpi.trusted]]
 //! system = "http://fhir.de/sid/gkv/kvid-10"
 //! check = "kvnr"      # kvnr | gb11643 | none
@@ -121,8 +121,8 @@ impl Default for MpiConfig {
     fn default() -> Self {
         MpiConfig {
             enabled: true,
-            upper: 17.0,
-            lower: 10.0,
+            upper: 19.0,
+            lower: 11.0,
             trusted: vec![
                 TrustedSystem { system: "http://fhir.de/sid/gkv/kvid-10".into(), check: CheckRule::Kvnr },
                 TrustedSystem { system: "urn:oid:2.16.156.10011.1.3".into(), check: CheckRule::Gb11643 },

@@ -116,6 +116,29 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Master patient index: linkage precision/recall on perturbed Synthea records, then linking throughput and $match latency
+    Link {
+        /// only the quality part (Synthea)
+        #[arg(long, conflicts_with = "performance_only")]
+        quality_only: bool,
+        /// only the performance part (generated patients)
+        #[arg(long)]
+        performance_only: bool,
+        /// Synthea bundles (default $CAREBRIDGE_SHARED/samples/synthea, else ../shared/samples/synthea)
+        #[arg(long)]
+        synthea: Option<PathBuf>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// generated patients for the performance part
+        #[arg(long, default_value_t = 1_000_000)]
+        patients: usize,
+        /// patients per transaction
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// $match requests timed
+        #[arg(long, default_value_t = 1000)]
+        matches: usize,
+    },
     /// Token + date search over generated Observations: req/s, p50, p99
     Search {
         #[arg(long)]
@@ -203,6 +226,18 @@ async fn main() -> ExitCode {
             }
             BenchCmd::Read { server, resources, concurrency, seconds } => cli::bench::read(server, resources, concurrency, seconds).await,
             BenchCmd::Hl7v2 { messages, connections, seconds } => cli::bench::hl7v2(messages, connections, seconds).await,
+            BenchCmd::Link { quality_only, performance_only, synthea, seed, patients, batch, matches } => {
+                cli::bench_link::run(cli::bench_link::Options {
+                    quality: !performance_only,
+                    performance: !quality_only,
+                    synthea,
+                    seed,
+                    patients,
+                    batch: batch.max(1),
+                    matches,
+                })
+                .await
+            }
             BenchCmd::Search { server, observations, concurrency, seconds } => {
                 cli::bench::search(server, observations, concurrency, seconds).await
             }

@@ -1,9 +1,11 @@
 //! Command-line work beyond `serve`: `load` (bulk ingest through the write
 //! pipeline, into a running server or straight into a store), `validate`
 //! (offline validation with a readable report and exit status) and `bench`
-//! (throughput/latency benchmarks that print figures; never timed tests).
+//! (throughput/latency benchmarks that print figures; never timed tests;
+//! `bench_link.rs`: the master patient index's quality and speed).
 
 pub mod bench;
+pub mod bench_link;
 pub mod load;
 pub mod validate;
 

@@ -93,6 +93,12 @@ pub struct Linker<'a> {
     tx: &'a mut dyn StoreTx,
     now: i64,
     touched: BTreeSet<String>,
+    /// statements not yet sent (sent in one round trip before the next read)
+    pending: Vec<Sql>,
+    /// resources not yet written (AuditEvents)
+    pending_writes: Vec<VersionWrite>,
+    /// members read ahead for the Patients of this transaction (`None`: not indexed yet)
+    ahead: HashMap<String, Option<Member>>,
 }
 
 impl<'a> Linker<'a> {
@@ -100,22 +106,70 @@ impl<'a> Linker<'a> {
         // linking decisions read other patients' rows: one linker at a time
         // (PostgreSQL advisory lock; SQLite's single writer already is one)
         tx.lock("mpi:link").await?;
-        Ok(Linker { services, tx, now, touched: BTreeSet::new() })
+        Ok(Linker { services, tx, now, touched: BTreeSet::new(), pending: vec![], pending_writes: vec![], ahead: HashMap::new() })
+    }
+
+    fn exec(&mut self, sql: Sql) {
+        self.pending.push(sql);
+    }
+
+    /// Send the statements and resource writes queued so far.
+    async fn flush(&mut self) -> Result<()> {
+        if !self.pending.is_empty() {
+            let p = std::mem::take(&mut self.pending);
+            self.tx.execute_many(p).await?;
+        }
+        if !self.pending_writes.is_empty() {
+            let w = std::mem::take(&mut self.pending_writes);
+            self.tx.write(w).await?;
+        }
+        Ok(())
+    }
+
+    async fn q(&mut self, sql: Sql) -> Result<Vec<Vec<SqlValue>>> {
+        self.flush().await?;
+        Ok(self.tx.rows(sql).await?)
+    }
+
+    async fn cur(&mut self, rtype: &str, id: &str) -> Result<Option<crate::store::ResourceRow>> {
+        self.flush().await?;
+        Ok(self.tx.current(rtype, id).await?)
+    }
+
+    /// Read the members of these Patients in one query (before linking them).
+    pub async fn read_ahead(&mut self, pids: &[&str]) -> Result<()> {
+        for chunk in pids.chunks(500) {
+            let mut sql = Sql::new(format!("SELECT {MEMBER_COLUMNS} FROM mpi_patient p WHERE p.pid IN ("));
+            for (i, p) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.text_param(*p);
+            }
+            sql.push(")");
+            for p in chunk {
+                self.ahead.insert((*p).to_owned(), None);
+            }
+            for m in self.q(sql).await?.iter().filter_map(|r| member_of_row(r)) {
+                self.ahead.insert(m.pid.clone(), Some(m));
+            }
+        }
+        Ok(())
     }
 
     pub async fn member(&mut self, pid: &str) -> Result<Option<Member>> {
         let mut sql = Sql::new(format!("SELECT {MEMBER_COLUMNS} FROM mpi_patient p WHERE p.pid = "));
         sql.text_param(pid);
-        Ok(self.tx.rows(sql).await?.first().and_then(|r| member_of_row(r)))
+        Ok(self.q(sql).await?.first().and_then(|r| member_of_row(r)))
     }
 
     async fn group(&mut self, grp: &str) -> Result<Vec<Member>> {
         let mut sql = Sql::new(format!("SELECT {MEMBER_COLUMNS} FROM mpi_patient p WHERE p.grp = "));
         sql.text_param(grp).push(" ORDER BY p.pid");
-        Ok(self.tx.rows(sql).await?.iter().filter_map(|r| member_of_row(r)).collect())
+        Ok(self.q(sql).await?.iter().filter_map(|r| member_of_row(r)).collect())
     }
 
-    async fn save(&mut self, m: &Member, blocks_changed: bool) -> Result<()> {
+    async fn save(&mut self, m: &Member, blocks_changed: bool, is_new: bool) -> Result<()> {
         let feat = serde_json::to_string(&m.feat).unwrap_or_else(|_| "{}".into());
         let mut sql = Sql::new("INSERT INTO mpi_patient (pid, grp, how, assurance, score, feat, updated) VALUES (");
         sql.text_param(m.pid.clone()).push(", ").text_param(m.grp.clone()).push(", ").text_param(m.how.clone());
@@ -125,11 +179,13 @@ impl<'a> Linker<'a> {
             ") ON CONFLICT (pid) DO UPDATE SET grp = excluded.grp, how = excluded.how, assurance = excluded.assurance, \
              score = excluded.score, feat = excluded.feat, updated = excluded.updated",
         );
-        self.tx.execute(sql).await?;
+        self.exec(sql);
         if blocks_changed {
-            let mut del = Sql::new("DELETE FROM mpi_block WHERE pid = ");
-            del.text_param(m.pid.clone());
-            self.tx.execute(del).await?;
+            if !is_new {
+                let mut del = Sql::new("DELETE FROM mpi_block WHERE pid = ");
+                del.text_param(m.pid.clone());
+                self.exec(del);
+            }
             let keys = m.feat.blocking_keys();
             if !keys.is_empty() {
                 let mut ins = Sql::new("INSERT INTO mpi_block (bkey, pid) VALUES ");
@@ -139,7 +195,7 @@ impl<'a> Linker<'a> {
                     }
                     ins.push("(").text_param(k).push(", ").text_param(m.pid.clone()).push(")");
                 }
-                self.tx.execute(ins).await?;
+                self.exec(ins);
             }
         }
         self.touched.insert(m.grp.clone());
@@ -150,8 +206,14 @@ impl<'a> Linker<'a> {
         let mut sql = Sql::new("UPDATE mpi_patient SET grp = ");
         sql.text_param(grp).push(", how = ").text_param(how).push(", assurance = ").text_param(assurance);
         sql.push(", score = ").real_param(score).push(" WHERE pid = ").text_param(pid);
-        self.tx.execute(sql).await?;
+        self.exec(sql);
         self.touched.insert(grp.to_owned());
+        if let Some(Some(m)) = self.ahead.get_mut(pid) {
+            m.grp = grp.to_owned();
+            m.how = how.to_owned();
+            m.assurance = assurance.to_owned();
+            m.score = score;
+        }
         Ok(())
     }
 
@@ -162,7 +224,12 @@ impl<'a> Linker<'a> {
         }
         let mut sql = Sql::new("UPDATE mpi_patient SET grp = ");
         sql.text_param(to).push(" WHERE grp = ").text_param(from);
-        self.tx.execute(sql).await?;
+        self.exec(sql);
+        for m in self.ahead.values_mut().flatten() {
+            if m.grp == from {
+                m.grp = to.to_owned();
+            }
+        }
         self.touched.insert(from.to_owned());
         self.touched.insert(to.to_owned());
         Ok(())
@@ -173,7 +240,7 @@ impl<'a> Linker<'a> {
         let mut sql = Sql::new("SELECT a, b, state, task FROM mpi_pair WHERE a = ");
         sql.text_param(pid).push(" UNION ALL SELECT a, b, state, task FROM mpi_pair WHERE b = ").text_param(pid);
         let mut out = HashMap::new();
-        for r in self.tx.rows(sql).await? {
+        for r in self.q(sql).await? {
             let s = |i: usize| r.get(i).and_then(SqlValue::as_str).map(str::to_owned);
             let (Some(a), Some(b), Some(state)) = (s(0), s(1), s(2)) else { continue };
             let other = if a == pid { b } else { a };
@@ -191,7 +258,7 @@ impl<'a> Linker<'a> {
             None => sql.push("NULL"),
         };
         sql.push(", ").real_param(score).push(") ON CONFLICT (a, b) DO UPDATE SET state = excluded.state, task = excluded.task, score = excluded.score");
-        self.tx.execute(sql).await?;
+        self.exec(sql);
         Ok(())
     }
 
@@ -199,7 +266,7 @@ impl<'a> Linker<'a> {
         let (a, b) = pair_key(a, b);
         let mut sql = Sql::new("DELETE FROM mpi_pair WHERE a = ");
         sql.text_param(a).push(" AND b = ").text_param(b);
-        self.tx.execute(sql).await?;
+        self.exec(sql);
         Ok(())
     }
 
@@ -207,7 +274,7 @@ impl<'a> Linker<'a> {
 
     /// Create or update a resource in this transaction (server fields, index rows).
     async fn put(&mut self, rtype: &str, id: &str, mut res: Value) -> Result<()> {
-        let cur = self.tx.current(rtype, id).await?;
+        let cur = self.cur(rtype, id).await?;
         let live = cur.as_ref().filter(|c| !c.deleted);
         let version = cur.as_ref().map(|c| c.version + 1).unwrap_or(1);
         if let Some(obj) = res.as_object_mut() {
@@ -215,6 +282,7 @@ impl<'a> Linker<'a> {
         }
         let index = self.services.registry.index(rtype, &res);
         let body = Bytes::from(serde_json::to_vec(&res).map_err(|e| IdentityError::Invalid(e.to_string()))?);
+        self.flush().await?;
         self.tx
             .write(vec![VersionWrite {
                 rtype: rtype.to_owned(),
@@ -230,7 +298,8 @@ impl<'a> Linker<'a> {
     }
 
     async fn delete_resource(&mut self, rtype: &str, id: &str) -> Result<()> {
-        let Some(cur) = self.tx.current(rtype, id).await?.filter(|c| !c.deleted) else { return Ok(()) };
+        let Some(cur) = self.cur(rtype, id).await?.filter(|c| !c.deleted) else { return Ok(()) };
+        self.flush().await?;
         self.tx
             .write(vec![VersionWrite {
                 rtype: rtype.to_owned(),
@@ -279,7 +348,22 @@ impl<'a> Linker<'a> {
             "entity": entity,
         });
         let id = uuid::Uuid::new_v4().to_string();
-        self.put("AuditEvent", &id, ae).await
+        let mut ae = ae;
+        if let Some(obj) = ae.as_object_mut() {
+            json::set_server_fields(obj, &id, 1, &datetime::format_instant(self.now));
+        }
+        let index = self.services.registry.index("AuditEvent", &ae);
+        let body = Bytes::from(serde_json::to_vec(&ae).map_err(|e| IdentityError::Invalid(e.to_string()))?);
+        self.pending_writes.push(VersionWrite {
+            rtype: "AuditEvent".into(),
+            id,
+            version: 1,
+            last_updated: self.now,
+            method: WriteMethod::Post,
+            body: Some(body),
+            index,
+        });
+        Ok(())
     }
 
     /// Queue a review Task for a candidate pair (idempotent per pair).
@@ -317,7 +401,7 @@ impl<'a> Linker<'a> {
         for (t, col) in [("mpi_patient", "pid"), ("mpi_block", "pid"), ("mpi_pair", "a"), ("mpi_pair", "b")] {
             let mut sql = Sql::new(format!("DELETE FROM {t} WHERE {col} = "));
             sql.text_param(pid);
-            self.tx.execute(sql).await?;
+            self.exec(sql);
         }
         self.touched.insert(m.grp);
         Ok(())
@@ -327,7 +411,11 @@ impl<'a> Linker<'a> {
     pub async fn upsert(&mut self, pid: &str, patient: &Value) -> Result<()> {
         let cfg = self.services.mpi.clone();
         let feat = Features::of_patient(patient, &cfg);
-        let existing = self.member(pid).await?;
+        let existing = match self.ahead.remove(pid) {
+            Some(m) => m,
+            None => self.member(pid).await?,
+        };
+        let is_new = existing.is_none();
         if let Some(m) = &existing {
             if m.feat == feat {
                 return Ok(()); // nothing that matching looks at changed
@@ -350,26 +438,27 @@ impl<'a> Linker<'a> {
         };
         // links made by hand or by a merge stay; merged-away records follow their survivor
         if me.how == "manual" || me.how == "merge" || me.feat.r.is_some() {
-            return self.save(&me, blocks_changed).await;
+            return self.save(&me, blocks_changed, is_new).await;
         }
         // an automatically linked record that changed: does it still belong?
-        let others: Vec<Member> = self.group(&me.grp).await?.into_iter().filter(|o| o.pid != me.pid).collect();
+        let others: Vec<Member> =
+            if is_new { vec![] } else { self.group(&me.grp).await?.into_iter().filter(|o| o.pid != me.pid).collect() };
         if !others.is_empty() {
             let still = others.iter().any(|o| {
                 let c = compare(&me.feat, &o.feat, &cfg);
                 c.grade >= Grade::Probable
             });
             if still {
-                return self.save(&me, blocks_changed).await;
+                return self.save(&me, blocks_changed, is_new).await;
             }
             let old = std::mem::replace(&mut me.grp, uuid::Uuid::new_v4().to_string());
             self.touched.insert(old.clone());
             me.how = "new".into();
             me.assurance = "level1".into();
-            self.save(&me, blocks_changed).await?;
+            self.save(&me, blocks_changed, is_new).await?;
             self.audit("auto-unlink", &[pid], Some(&old), None, "record changed; it no longer matches its group").await?;
         } else {
-            self.save(&me, blocks_changed).await?;
+            self.save(&me, blocks_changed, is_new).await?;
         }
         self.link_new(&me).await
     }
@@ -378,7 +467,7 @@ impl<'a> Linker<'a> {
     async fn link_new(&mut self, me: &Member) -> Result<()> {
         let cfg = self.services.mpi.clone();
         let Some(sql) = candidates_sql(&me.feat.blocking_keys(), cfg.block_limit) else { return Ok(()) };
-        let cands: Vec<Member> = self.tx.rows(sql).await?.iter().filter_map(|r| member_of_row(r)).filter(|m| m.pid != me.pid).collect();
+        let cands: Vec<Member> = self.q(sql).await?.iter().filter_map(|r| member_of_row(r)).filter(|m| m.pid != me.pid).collect();
         if cands.is_empty() {
             return Ok(());
         }
@@ -422,7 +511,14 @@ impl<'a> Linker<'a> {
                     let mut up = Sql::new("UPDATE mpi_patient SET how = ");
                     up.text_param(how).push(", assurance = ").text_param(level).push(", score = ").real_param(cmp.weight);
                     up.push(" WHERE grp = ").text_param(grp.clone()).push(" AND how = 'new'");
-                    self.tx.execute(up).await?;
+                    self.exec(up);
+                    for m in self.ahead.values_mut().flatten() {
+                        if m.grp == grp && m.how == "new" {
+                            m.how = how.to_owned();
+                            m.assurance = level.to_owned();
+                            m.score = cmp.weight;
+                        }
+                    }
                     self.set_group(&me.pid, &grp, how, level, cmp.weight).await?;
                     self.touched.insert(old);
                     self.audit(action, &[&me.pid, &other], Some(&grp), Some(cmp.weight), &cmp.explain()).await?;
@@ -502,7 +598,7 @@ impl<'a> Linker<'a> {
 
     /// Resolve a review Task: `confirm` links the pair, `reject` records that they differ.
     pub async fn resolve_review(&mut self, task_id: &str, confirm: bool, note: &str) -> Result<(String, String)> {
-        let row = self.tx.current("Task", task_id).await?.filter(|r| !r.deleted);
+        let row = self.cur("Task", task_id).await?.filter(|r| !r.deleted);
         let Some(body) = row.and_then(|r| r.body) else {
             return Err(IdentityError::NotFound(format!("Task/{task_id} not found")));
         };
@@ -559,7 +655,7 @@ impl<'a> Linker<'a> {
                 "link": links,
             });
             // unchanged links: no new version
-            if let Some(cur) = self.tx.current("Person", &grp).await?.filter(|c| !c.deleted) {
+            if let Some(cur) = self.cur("Person", &grp).await?.filter(|c| !c.deleted) {
                 if let Some(b) = cur.body {
                     if let Ok(v) = serde_json::from_slice::<Value>(&b) {
                         if v.get("link") == person.get("link") {
@@ -570,6 +666,6 @@ impl<'a> Linker<'a> {
             }
             self.put("Person", &grp, person).await?;
         }
-        Ok(())
+        self.flush().await
     }
 }

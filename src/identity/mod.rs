@@ -51,6 +51,8 @@ pub async fn link_patients(services: &Services, tx: &mut dyn StoreTx, changes: &
         return Ok(());
     }
     let mut l = link::Linker::new(services, tx, now).await?;
+    let ids: Vec<&str> = changes.iter().map(|(id, _)| id.as_str()).collect();
+    l.read_ahead(&ids).await?;
     for (id, body) in changes {
         match body {
             Some(p) => l.upsert(id, p).await?,

@@ -245,6 +245,15 @@ pub trait StoreTx: Send {
     /// Run a statement (INSERT/UPDATE/DELETE on a non-resource table such as
     /// the MPI's); returns the number of rows changed.
     async fn execute(&mut self, sql: Sql) -> Result<u64>;
+    /// Run several statements in order (one round trip where the adapter
+    /// can); returns the rows changed in all.
+    async fn execute_many(&mut self, sqls: Vec<Sql>) -> Result<u64> {
+        let mut n = 0;
+        for s in sqls {
+            n += self.execute(s).await?;
+        }
+        Ok(n)
+    }
     /// Run a query returning generic rows, inside the transaction.
     async fn rows(&mut self, sql: Sql) -> Result<Vec<Vec<SqlValue>>>;
     async fn commit(self: Box<Self>) -> Result<()>;

@@ -56,6 +56,7 @@ enum TxCmd {
     Query(Sql, oneshot::Sender<Result<Vec<ResourceRow>>>),
     Write(Vec<VersionWrite>, oneshot::Sender<Result<()>>),
     Execute(Sql, oneshot::Sender<Result<u64>>),
+    ExecuteMany(Vec<Sql>, oneshot::Sender<Result<u64>>),
     Rows(Sql, oneshot::Sender<Result<Vec<Vec<SqlValue>>>>),
     Commit(oneshot::Sender<Result<()>>),
 }
@@ -187,6 +188,9 @@ fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<WriterMsg>) {
                 }
                 TxCmd::Execute(sql, reply) => {
                     let _ = reply.send(run_execute(&conn, &sql));
+                }
+                TxCmd::ExecuteMany(sqls, reply) => {
+                    let _ = reply.send(sqls.iter().try_fold(0, |n, s| run_execute(&conn, s).map(|k| n + k)));
                 }
                 TxCmd::Rows(sql, reply) => {
                     let _ = reply.send(run_rows(&conn, &sql));
@@ -382,6 +386,9 @@ impl StoreTx for SqliteTx {
     }
     async fn execute(&mut self, sql: Sql) -> Result<u64> {
         self.call(|r| TxCmd::Execute(sql, r)).await
+    }
+    async fn execute_many(&mut self, sqls: Vec<Sql>) -> Result<u64> {
+        self.call(|r| TxCmd::ExecuteMany(sqls, r)).await
     }
     async fn rows(&mut self, sql: Sql) -> Result<Vec<Vec<SqlValue>>> {
         self.call(|r| TxCmd::Rows(sql, r)).await

@@ -496,9 +496,15 @@ impl<'a> Linker<'a> {
         let mut ranked: Vec<(String, Comparison, String)> = best.into_iter().map(|(g, (c, p))| (g, c, p)).collect();
         ranked.sort_by(|a, b| (b.1.grade, b.1.weight).partial_cmp(&(a.1.grade, a.1.weight)).unwrap_or(std::cmp::Ordering::Equal));
         let mut joined: Option<String> = None;
+        let mut reviews = 0usize;
+        let sizes: HashMap<String, usize> = cands.iter().fold(HashMap::new(), |mut m, c| {
+            *m.entry(c.grp.clone()).or_insert(0) += 1;
+            m
+        });
         for (grp, cmp, other) in ranked {
             let certain = cmp.grade == Grade::Certain;
-            let auto = cmp.grade == Grade::Probable && !vetoed.contains(&grp);
+            let small = sizes.get(&grp).copied().unwrap_or(0) < cfg.max_group;
+            let auto = cmp.grade == Grade::Probable && !vetoed.contains(&grp) && small;
             match &joined {
                 None if certain || auto => {
                     let (how, level, action) = if certain {
@@ -530,7 +536,8 @@ impl<'a> Linker<'a> {
                     self.merge_groups(&grp, &target).await?;
                     self.audit("deterministic-link", &[&me.pid, &other], Some(&target), Some(cmp.weight), &cmp.explain()).await?;
                 }
-                _ if cmp.grade >= Grade::Possible && !pairs.contains_key(&other) => {
+                _ if cmp.grade >= Grade::Possible && !pairs.contains_key(&other) && reviews < cfg.max_reviews => {
+                    reviews += 1;
                     self.queue_review(&me.pid, &other, &cmp).await?;
                 }
                 _ => {}

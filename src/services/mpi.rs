@@ -114,6 +114,11 @@ pub struct MpiConfig {
     pub trusted: Vec<TrustedSystem>,
     /// candidates read per blocking key (bounds work on huge blocks)
     pub block_limit: usize,
+    /// review Tasks queued at most per incoming record (the best candidates)
+    pub max_reviews: usize,
+    /// a group this large is not joined automatically (review instead): real
+    /// people rarely have this many records; test data with one name often does
+    pub max_group: usize,
     pub weights: Weights,
 }
 
@@ -127,7 +132,9 @@ impl Default for MpiConfig {
                 TrustedSystem { system: "http://fhir.de/sid/gkv/kvid-10".into(), check: CheckRule::Kvnr },
                 TrustedSystem { system: "urn:oid:2.16.156.10011.1.3".into(), check: CheckRule::Gb11643 },
             ],
-            block_limit: 200,
+            block_limit: 100,
+            max_reviews: 3,
+            max_group: 50,
             weights: Weights::default(),
         }
     }

@@ -281,6 +281,13 @@ async fn suite(backend: Backend) {
     assert_outcome(&get(&s, "Patient/$ihe-pix?sourceIdentifier=no-bar").await, 400);
     assert_outcome(&get(&s, "Patient/$ihe-pix").await, 400);
 
+    // --- PDQm (ITI-78) query parameters on Patient search
+    let q = get(&s, "Patient?family=Schneider&given=Anna&birthdate=1971-05-04&gender=female&address-postalcode=10115").await;
+    assert_eq!(q.status, 200, "{}", q.text);
+    assert_eq!(match_ids(&q.json()).len(), 1, "{}", q.text);
+    let q = get(&s, &format!("Patient?_id={a_id}&identifier={MRN_A}|4711&telecom=%2B49%2040%207654321")).await;
+    assert_eq!(match_ids(&q.json()), vec![a_id.clone()], "{}", q.text);
+
     // --- delete: the record leaves the index and its Person
     assert_eq!(delete(&s, &format!("Patient/{b_id}")).await.status, 204);
     assert!(persons_of(&s, &a_id).await.is_empty());

@@ -322,7 +322,7 @@ async fn quality(opts: &Options) -> Result<(), String> {
     for i in 0..ids.len() {
         for j in i + 1..ids.len() {
             let same = truth[ids[i]] == truth[ids[j]];
-            let linked = group.get(ids[i]).is_some() && group.get(ids[i]) == group.get(ids[j]);
+            let linked = group.contains_key(ids[i]) && group.get(ids[i]) == group.get(ids[j]);
             match (same, linked) {
                 (true, true) => tp += 1,
                 (false, true) => fp += 1,
@@ -335,7 +335,7 @@ async fn quality(opts: &Options) -> Result<(), String> {
         .iter()
         .filter(|r| {
             let (a, b) = (r[0].as_str().unwrap_or(""), r[1].as_str().unwrap_or(""));
-            truth.get(a).is_some() && truth.get(a) == truth.get(b)
+            truth.contains_key(a) && truth.get(a) == truth.get(b)
         })
         .count();
     println!("quality: {} Synthea persons → {} records over 2–4 institutions (seed {}), loaded in {secs:.2} s", persons.len(), records.len(), opts.seed);

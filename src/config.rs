@@ -24,6 +24,9 @@
 //! [import]
 //! mappings_dir = "mappings"                   # CSV/JSON import mapping files
 //! packs = ["profiles/de-region"]              # optional: regional profile packs
+//! [mpi]                                       # optional; defaults in services::mpi
+//! upper = 19.0
+//! lower = 11.0
 //! ```
 //!
 //! Configured identifier systems come before the German defaults
@@ -58,6 +61,9 @@ pub struct FileConfig {
     pub import: ImportSection,
     #[serde(default)]
     pub hl7v2: Hl7v2Section,
+    /// master patient index policy (see `services::mpi` for the keys and defaults)
+    #[serde(default)]
+    pub mpi: crate::services::mpi::MpiConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod fhir;
 pub mod fhirpath;
+pub mod identity;
 pub mod ingest;
 pub mod pipeline;
 pub mod read;

@@ -201,6 +201,29 @@ enum BenchCmd {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Master patient index: linkage precision/recall on perturbed Synthea records, then linking throughput and $match latency
+    Link {
+        /// only the quality part (Synthea)
+        #[arg(long, conflicts_with = "performance_only")]
+        quality_only: bool,
+        /// only the performance part (generated patients)
+        #[arg(long)]
+        performance_only: bool,
+        /// Synthea bundles (default $CAREBRIDGE_SHARED/samples/synthea, else ../shared/samples/synthea)
+        #[arg(long)]
+        synthea: Option<PathBuf>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// generated patients for the performance part
+        #[arg(long, default_value_t = 1_000_000)]
+        patients: usize,
+        /// patients per transaction
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// $match requests timed
+        #[arg(long, default_value_t = 1000)]
+        matches: usize,
+    },
     /// Token + date search over generated Observations: req/s, p50, p99
     Search {
         #[arg(long)]
@@ -253,6 +276,7 @@ async fn main() -> ExitCode {
                 },
                 validation,
                 packs: packs_or(packs, &file_packs),
+                mpi: file.mpi.clone(),
             };
             serve(opts, &listen, mllp.as_deref()).await
         }
@@ -266,6 +290,7 @@ async fn main() -> ExitCode {
                         api: ApiConfig::default(),
                         validation: Default::default(),
                         packs: packs_or(vec![], &file_packs),
+                        mpi: file.mpi.clone(),
                     };
                     server::services(&opts).await.map(cli::load::Target::Store).map_err(|e| e.to_string())
                 }
@@ -301,6 +326,7 @@ async fn main() -> ExitCode {
                         api: ApiConfig::default(),
                         validation: Default::default(),
                         packs: packs_or(vec![], &file_packs),
+                        mpi: file.mpi.clone(),
                     };
                     let mappings_dir = mappings.or(file.import.mappings_dir.map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("mappings"));
                     server::services(&opts).await.map(|services| cli::import::Target::Store { services, mappings_dir }).map_err(|e| e.to_string())
@@ -340,6 +366,18 @@ async fn main() -> ExitCode {
             BenchCmd::Import { rows, rows_per_patient } => cli::bench::import(rows, rows_per_patient).await,
             BenchCmd::Validate { bundles, profile, pack, limit } => {
                 cli::bench::validate(bundles, file.fhir.package_cache.map(PathBuf::from), &profile, &pack, limit)
+            }
+            BenchCmd::Link { quality_only, performance_only, synthea, seed, patients, batch, matches } => {
+                cli::bench_link::run(cli::bench_link::Options {
+                    quality: !performance_only,
+                    performance: !quality_only,
+                    synthea,
+                    seed,
+                    patients,
+                    batch: batch.max(1),
+                    matches,
+                })
+                .await
             }
             BenchCmd::Search { server, observations, concurrency, seconds } => {
                 cli::bench::search(server, observations, concurrency, seconds).await

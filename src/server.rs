@@ -40,6 +40,8 @@ pub struct ServerOptions {
     pub validation: ValidationMode,
     /// profile packs to load (folders with `pack.toml`)
     pub packs: Vec<PathBuf>,
+    /// master patient index policy (`[mpi]` in carebridge.toml)
+    pub mpi: crate::services::mpi::MpiConfig,
 }
 
 /// Load the core definitions and build the search registry.
@@ -91,7 +93,7 @@ pub async fn services(opts: &ServerOptions) -> Result<Services, ServerError> {
     let registry = registry(opts.package_cache.clone()).await?;
     let (validator, policy) = validator_with_packs(opts.package_cache.clone(), opts.packs.clone()).await?;
     let store = store::open(&opts.database_url).await?;
-    Ok(Services { store, registry, validator, validation: opts.validation, policy })
+    Ok(Services { store, registry, validator, validation: opts.validation, policy, mpi: Arc::new(opts.mpi.clone()) })
 }
 
 /// A running server (for tests and benchmarks): address and shutdown handle.

@@ -1,6 +1,9 @@
 //! The services every layer above `store`, `search` and `validate` shares:
 //! the store, the search-parameter registry and the validator (both built
-//! once at start from the definitions), and the validation policy.
+//! once at start from the definitions), the validation policy and the
+//! master patient index policy (`mpi.rs`).
+
+pub mod mpi;
 
 use crate::search::Registry;
 use crate::store::Store;
@@ -39,4 +42,6 @@ pub struct Services {
     pub validation: ValidationMode,
     /// mandatory profiles of the loaded packs, per resource type and member
     pub policy: Arc<crate::validate::packs::Policy>,
+    /// master patient index policy (thresholds, weights, trusted identifier systems)
+    pub mpi: Arc<mpi::MpiConfig>,
 }

@@ -219,7 +219,14 @@ pub async fn read(app: &AppState, r: &Req, t: &str, id: &str) -> Result<Response
                     return Ok(resp);
                 }
             }
-            resource_response(r, row.body.as_deref().unwrap_or_default(), row.version, row.last_updated)
+            let body = row.body.as_deref().unwrap_or_default();
+            if t == "Patient" {
+                // linked records of the same person (MPI): `link` seealso, added on read, never stored
+                if let Some(b) = crate::identity::query::with_seealso(&app.services, id, body).await? {
+                    return resource_response(r, &b, row.version, row.last_updated);
+                }
+            }
+            resource_response(r, body, row.version, row.last_updated)
         }
         Some(row) => {
             let mut resp = ApiError::new(StatusCode::GONE, IssueType::Deleted, format!("{t}/{id} was deleted")).into_response_inner();

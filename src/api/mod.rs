@@ -17,6 +17,7 @@ mod history;
 mod hl7v2;
 mod import;
 mod metadata;
+mod mpi;
 pub mod negotiate;
 mod search;
 mod summary;
@@ -219,6 +220,13 @@ async fn route(app: &AppState, r: Req) -> Result<Response, ApiError> {
                 Method::DELETE => crud::conditional_delete(app, &r, t).await,
                 _ => Err(method_not_allowed(&r)),
             }
+        }
+        ["Patient", "$match"] => mpi::patient_match(app, &r).await,
+        ["Patient", "$ihe-pix"] => mpi::ihe_pix(app, &r).await,
+        ["Person", op @ ("$link" | "$unlink")] => mpi::person_op(app, &r, op).await,
+        ["Task", id, op @ ("$confirm" | "$reject")] => {
+            check_id(id)?;
+            mpi::review(app, &r, id, *op == "$confirm").await
         }
         [t, "$validate"] => {
             check_type(app, t)?;

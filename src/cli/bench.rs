@@ -54,6 +54,7 @@ pub async fn target_with(server: Option<String>, validation: crate::services::Va
         api: Default::default(),
         validation,
         packs: vec![],
+        mpi: Default::default(),
     };
     let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
     let running = crate::server::start(services, opts.api, "127.0.0.1:0").await.map_err(|e| e.to_string())?;
@@ -349,6 +350,7 @@ pub async fn hl7v2(messages: usize, connections: usize, seconds: u64) -> Result<
         api: Default::default(),
         validation: Default::default(),
         packs: vec![],
+        mpi: Default::default(),
     };
     let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
     let running = crate::server::start_with_mllp(services, opts.api, "127.0.0.1:0", Some("127.0.0.1:0")).await.map_err(|e| e.to_string())?;
@@ -534,6 +536,7 @@ pub async fn import(rows: usize, per_patient: usize) -> Result<(), String> {
         api: Default::default(),
         validation: Default::default(),
         packs: vec![],
+        mpi: Default::default(),
     };
     let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
     let mapping = Arc::new(mapping);

@@ -2,9 +2,11 @@
 //! pipeline, into a running server or straight into a store), `validate`
 //! (offline validation with a readable report and exit status), `import`
 //! (a CSV/JSON export through an institution's mapping) and `bench`
-//! (throughput/latency benchmarks that print figures; never timed tests).
+//! (throughput/latency benchmarks that print figures; never timed tests;
+//! `bench_link.rs`: the master patient index's quality and speed).
 
 pub mod bench;
+pub mod bench_link;
 pub mod import;
 pub mod load;
 pub mod de_variant;

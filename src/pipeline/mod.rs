@@ -5,7 +5,8 @@
 //!
 //! resolve (ids for creates, `urn:uuid:`/`urn:oid:` fullUrls, conditional
 //! create/update/delete, conditional references) → check (shape, types, ids,
-//! `If-Match`) → store (one database transaction: versions, history, index).
+//! `If-Match`) → link identities (Patient changes feed the MPI, `identity`)
+//! → store (one database transaction: versions, history, index, MPI links).
 //!
 //! Follows FHIR R4 `http.html`: create/update/delete and their conditional
 //! forms (§3.1.0.4–3.1.0.7), `If-Match` version-aware updates (§3.1.0.5.1),
@@ -86,6 +87,18 @@ impl PipelineError {
             MethodNotAllowed(o) => MethodNotAllowed(o.in_entry(i)),
             NotSupported(o) => NotSupported(o.in_entry(i)),
             e => e,
+        }
+    }
+}
+
+impl From<crate::identity::IdentityError> for PipelineError {
+    fn from(e: crate::identity::IdentityError) -> Self {
+        use crate::identity::IdentityError as E;
+        match e {
+            E::Store(s) => PipelineError::Store(s),
+            E::NotFound(m) => PipelineError::NotFound(OperationOutcome::error(IssueType::NotFound, m)),
+            E::Invalid(m) => bad(IssueType::Invalid, m),
+            E::Conflict(m) => PipelineError::Conflict(OperationOutcome::error(IssueType::Conflict, m)),
         }
     }
 }
@@ -417,9 +430,16 @@ impl<'a> Pipeline<'a> {
             }
             results[r.0] = Some(r.1);
         }
+        // link identities: Patient changes feed the MPI, in this same transaction
+        let patient_changes: Vec<crate::identity::PatientChange> = writes
+            .iter()
+            .filter(|w| w.rtype == "Patient")
+            .map(|w| (w.id.clone(), w.body.as_ref().and_then(|b| serde_json::from_slice(b).ok())))
+            .collect();
         if !writes.is_empty() {
             tx.write(writes).await?;
         }
+        crate::identity::link_patients(self.services, tx.as_mut(), &patient_changes, now).await?;
         tx.commit().await?;
 
         // GET/HEAD entries are processed last, after the writes
@@ -434,6 +454,15 @@ impl<'a> Pipeline<'a> {
             }
         }
         Ok(results.into_iter().map(|r| r.unwrap_or_else(|| EntryResult::status_only(200))).collect())
+    }
+
+    /// Run a manual MPI operation (link, unlink, resolve a review) as one
+    /// transaction; returns what was done.
+    pub async fn identity(&self, op: &crate::identity::ManualOp) -> Result<String, PipelineError> {
+        let mut tx = self.services.store.begin().await?;
+        let msg = crate::identity::manual(self.services, tx.as_mut(), op, datetime::now_micros()).await?;
+        tx.commit().await?;
+        Ok(msg)
     }
 
     /// Process entries independently (batch): each entry is its own transaction.

@@ -15,6 +15,11 @@
 //!   idx_quantity / idx_uri` — one row per extracted search value of the
 //!   current version, keyed by `rkey` and the parameter code.
 //!
+//! * `mpi_patient / mpi_block / mpi_pair` — the master patient index (schema
+//!   v2, written by `identity` through [`StoreTx::execute`]/[`StoreTx::rows`]):
+//!   each Patient's link group and matching features, its blocking keys, and
+//!   candidate pairs under review or declared distinct.
+//!
 //! Times are microseconds since the Unix epoch (UTC) in BIGINT columns.
 //!
 //! Invariant: one [`StoreTx`] is one database transaction; nothing it wrote is
@@ -50,6 +55,37 @@ pub enum SqlParam {
     Text(String),
     Int(i64),
     Real(f64),
+}
+
+/// A column value of a generic row ([`StoreTx::rows`], [`Store::rows`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+impl SqlValue {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            SqlValue::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            SqlValue::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            SqlValue::Real(f) => Some(*f),
+            SqlValue::Int(i) => Some(*i as f64),
+            _ => None,
+        }
+    }
 }
 
 /// SQL text with `?` placeholders and their parameters, in order.
@@ -206,6 +242,20 @@ pub trait StoreTx: Send {
     async fn query(&mut self, sql: Sql) -> Result<Vec<ResourceRow>>;
     /// Write new versions: history rows, current rows, index rows.
     async fn write(&mut self, writes: Vec<VersionWrite>) -> Result<()>;
+    /// Run a statement (INSERT/UPDATE/DELETE on a non-resource table such as
+    /// the MPI's); returns the number of rows changed.
+    async fn execute(&mut self, sql: Sql) -> Result<u64>;
+    /// Run several statements in order (one round trip where the adapter
+    /// can); returns the rows changed in all.
+    async fn execute_many(&mut self, sqls: Vec<Sql>) -> Result<u64> {
+        let mut n = 0;
+        for s in sqls {
+            n += self.execute(s).await?;
+        }
+        Ok(n)
+    }
+    /// Run a query returning generic rows, inside the transaction.
+    async fn rows(&mut self, sql: Sql) -> Result<Vec<Vec<SqlValue>>>;
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 
@@ -224,6 +274,8 @@ pub trait Store: Send + Sync {
     async fn count(&self, sql: Sql) -> Result<i64>;
     /// Run a query returning (type, id) string pairs (include resolution).
     async fn pairs(&self, sql: Sql) -> Result<Vec<(String, String)>>;
+    /// Run a query returning generic rows (TEXT, BIGINT, REAL columns).
+    async fn rows(&self, sql: Sql) -> Result<Vec<Vec<SqlValue>>>;
 }
 
 /// Open a store from a URL: `sqlite:PATH` (file created on first use),

@@ -13,7 +13,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 /// Schema migrations in order; `schema_version` records how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres.sql"), include_str!("migrations/postgres-2-mpi.sql")];
 
 pub struct PgStore {
     pool: Pool,
@@ -109,6 +109,42 @@ async fn query_resources(c: &Object, sql: &Sql) -> Result<Vec<ResourceRow>> {
     let ps = pg_params(&sql.params);
     let rows = c.query(&st, &refs(&ps)).await.map_err(backend)?;
     Ok(rows.iter().map(row_to_resource).collect())
+}
+
+async fn run_execute(c: &Object, sql: &Sql) -> Result<u64> {
+    let st = c.prepare_cached(&renumber(&sql.text)).await.map_err(backend)?;
+    let ps = pg_params(&sql.params);
+    c.execute(&st, &refs(&ps)).await.map_err(backend)
+}
+
+async fn run_rows(c: &Object, sql: &Sql) -> Result<Vec<Vec<SqlValue>>> {
+    use tokio_postgres::types::Type;
+    let st = c.prepare_cached(&renumber(&sql.text)).await.map_err(backend)?;
+    let ps = pg_params(&sql.params);
+    let rows = c.query(&st, &refs(&ps)).await.map_err(backend)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let mut v = Vec::with_capacity(r.len());
+        for (i, col) in r.columns().iter().enumerate() {
+            let t = col.type_();
+            let val = if *t == Type::INT8 {
+                r.try_get::<_, Option<i64>>(i).map(|o| o.map(SqlValue::Int))
+            } else if *t == Type::INT4 {
+                r.try_get::<_, Option<i32>>(i).map(|o| o.map(|x| SqlValue::Int(i64::from(x))))
+            } else if *t == Type::FLOAT8 {
+                r.try_get::<_, Option<f64>>(i).map(|o| o.map(SqlValue::Real))
+            } else if *t == Type::FLOAT4 {
+                r.try_get::<_, Option<f32>>(i).map(|o| o.map(|x| SqlValue::Real(f64::from(x))))
+            } else if *t == Type::BYTEA {
+                r.try_get::<_, Option<Vec<u8>>>(i).map(|o| o.map(|b| SqlValue::Text(String::from_utf8_lossy(&b).into_owned())))
+            } else {
+                r.try_get::<_, Option<String>>(i).map(|o| o.map(SqlValue::Text))
+            };
+            v.push(val.map_err(backend)?.unwrap_or(SqlValue::Null));
+        }
+        out.push(v);
+    }
+    Ok(out)
 }
 
 async fn read_current(c: &Object, rtype: &str, id: &str) -> Result<Option<ResourceRow>> {
@@ -238,6 +274,12 @@ impl StoreTx for PgTx {
         }
         Ok(())
     }
+    async fn execute(&mut self, sql: Sql) -> Result<u64> {
+        run_execute(self.c(), &sql).await
+    }
+    async fn rows(&mut self, sql: Sql) -> Result<Vec<Vec<SqlValue>>> {
+        run_rows(self.c(), &sql).await
+    }
     async fn commit(mut self: Box<Self>) -> Result<()> {
         let c = self.client.take().expect("client present");
         c.batch_execute("COMMIT").await.map_err(backend)
@@ -295,5 +337,9 @@ impl Store for PgStore {
         let ps = pg_params(&sql.params);
         let rows = c.query(&st, &refs(&ps)).await.map_err(backend)?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+    async fn rows(&self, sql: Sql) -> Result<Vec<Vec<SqlValue>>> {
+        let c = self.pool.get().await.map_err(pool_err)?;
+        run_rows(&c, &sql).await
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Schema migrations in order; `schema_version` records how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite.sql"), include_str!("migrations/sqlite-2-mpi.sql")];
 
 pub struct SqliteStore {
     readers: Arc<ReaderPool>,
@@ -55,6 +55,9 @@ enum TxCmd {
     CurrentMany(Vec<(String, String)>, oneshot::Sender<Result<Vec<Option<ResourceRow>>>>),
     Query(Sql, oneshot::Sender<Result<Vec<ResourceRow>>>),
     Write(Vec<VersionWrite>, oneshot::Sender<Result<()>>),
+    Execute(Sql, oneshot::Sender<Result<u64>>),
+    ExecuteMany(Vec<Sql>, oneshot::Sender<Result<u64>>),
+    Rows(Sql, oneshot::Sender<Result<Vec<Vec<SqlValue>>>>),
     Commit(oneshot::Sender<Result<()>>),
 }
 
@@ -183,6 +186,15 @@ fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<WriterMsg>) {
                 TxCmd::Write(ws, reply) => {
                     let _ = reply.send(write_versions(&mut conn, &ws));
                 }
+                TxCmd::Execute(sql, reply) => {
+                    let _ = reply.send(run_execute(&conn, &sql));
+                }
+                TxCmd::ExecuteMany(sqls, reply) => {
+                    let _ = reply.send(sqls.iter().try_fold(0, |n, s| run_execute(&conn, s).map(|k| n + k)));
+                }
+                TxCmd::Rows(sql, reply) => {
+                    let _ = reply.send(run_rows(&conn, &sql));
+                }
                 TxCmd::Commit(reply) => {
                     let r = conn.execute_batch("COMMIT").map_err(backend);
                     committed = r.is_ok();
@@ -232,6 +244,32 @@ fn read_current(conn: &Connection, rtype: &str, id: &str) -> Result<Option<Resou
 fn run_query(conn: &Connection, sql: &Sql) -> Result<Vec<ResourceRow>> {
     let mut st = conn.prepare_cached(&sql.text).map_err(backend)?;
     let rows = st.query_map(params_from_iter(to_sql_params(&sql.params)), row_to_resource).map_err(backend)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+}
+
+fn run_execute(conn: &Connection, sql: &Sql) -> Result<u64> {
+    let mut st = conn.prepare_cached(&sql.text).map_err(backend)?;
+    st.execute(params_from_iter(to_sql_params(&sql.params))).map(|n| n as u64).map_err(backend)
+}
+
+fn run_rows(conn: &Connection, sql: &Sql) -> Result<Vec<Vec<SqlValue>>> {
+    use rusqlite::types::ValueRef;
+    let mut st = conn.prepare_cached(&sql.text).map_err(backend)?;
+    let n = st.column_count();
+    let rows = st
+        .query_map(params_from_iter(to_sql_params(&sql.params)), |r| {
+            (0..n)
+                .map(|i| {
+                    Ok(match r.get_ref(i)? {
+                        ValueRef::Null => SqlValue::Null,
+                        ValueRef::Integer(v) => SqlValue::Int(v),
+                        ValueRef::Real(v) => SqlValue::Real(v),
+                        ValueRef::Text(t) | ValueRef::Blob(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(backend)?;
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
 }
 
@@ -346,6 +384,15 @@ impl StoreTx for SqliteTx {
     async fn write(&mut self, writes: Vec<VersionWrite>) -> Result<()> {
         self.call(|r| TxCmd::Write(writes, r)).await
     }
+    async fn execute(&mut self, sql: Sql) -> Result<u64> {
+        self.call(|r| TxCmd::Execute(sql, r)).await
+    }
+    async fn execute_many(&mut self, sqls: Vec<Sql>) -> Result<u64> {
+        self.call(|r| TxCmd::ExecuteMany(sqls, r)).await
+    }
+    async fn rows(&mut self, sql: Sql) -> Result<Vec<Vec<SqlValue>>> {
+        self.call(|r| TxCmd::Rows(sql, r)).await
+    }
     async fn commit(mut self: Box<Self>) -> Result<()> {
         if self.cmds.is_none() {
             return Ok(()); // nothing was done
@@ -414,6 +461,10 @@ impl Store for SqliteStore {
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
         })
         .await
+    }
+
+    async fn rows(&self, sql: Sql) -> Result<Vec<Vec<SqlValue>>> {
+        self.with_reader_inline(move |c| run_rows(c, &sql)).await
     }
 }
 

@@ -125,6 +125,7 @@ impl TestServer {
             validator,
             validation,
             policy,
+            mpi: Default::default(),
         };
         let running = server::start_with_mllp(services.clone(), api, "127.0.0.1:0", mllp.then_some("127.0.0.1:0"))
             .await

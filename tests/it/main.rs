@@ -11,6 +11,7 @@ mod hl7v2_parse;
 mod hl7v2_translate;
 mod hl7v2_vxu_mdm;
 mod profiles;
+mod mpi;
 mod rest;
 mod sdk_client;
 mod search;

@@ -18,12 +18,13 @@ fn ranks() -> HashMap<&'static str, u8> {
         ("translate", 4),
         ("pipeline", 4),
         ("read", 4),
-        ("services", 5),
-        ("search", 6),
-        ("validate", 6),
-        ("store", 7),
-        ("fhirpath", 8),
-        ("fhir", 8),
+        ("identity", 5),
+        ("services", 6),
+        ("search", 7),
+        ("validate", 7),
+        ("store", 8),
+        ("fhirpath", 9),
+        ("fhir", 9),
     ])
 }
 

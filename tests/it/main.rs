@@ -9,6 +9,7 @@ mod fhirpath_suite;
 mod hl7v2_ingest;
 mod hl7v2_parse;
 mod hl7v2_translate;
+mod import;
 mod rest;
 mod sdk_client;
 mod search;

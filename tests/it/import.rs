@@ -307,3 +307,60 @@ async fn cli_import_into_server_and_store() {
     assert_eq!(total("Provenance").await, 3);
     running.stop().await;
 }
+
+const TEST_SCHEMA: &str = r#"{"type": "object", "required": ["pid"], "properties": {"pid": {"type": "string"}, "geb": {"type": "string"}}}"#;
+
+/// A mapping whose output the pipeline rejects for some rows (a birth date
+/// copied as text is not a FHIR date): that patient group is reported row by
+/// row with the validator's expression, the other groups are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_rejection_is_per_group_and_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = r#"[institution]
+name = "Testheim"
+[input]
+group = "{pid}"
+csv = {}
+[[resource]]
+name = "p"
+type = "Patient"
+key = "{pid}"
+fields = [
+  { path = "identifier[0].system", value = "urn:test:pid" },
+  { path = "identifier[0].value", column = "pid" },
+  { path = "birthDate", column = "geb" },
+]
+"#;
+    std::fs::write(dir.path().join("testheim.toml"), toml).unwrap();
+    std::fs::write(dir.path().join("testheim.schema.json"), TEST_SCHEMA).unwrap();
+    let s = TestServer::start_with(Backend::Sqlite, ApiConfig { mappings_dir: Some(dir.path().to_owned()), ..Default::default() }).await;
+    let body = "pid,geb\n1,1956-03-14\n2,14.03.1956\n2,\n3,1960\n";
+    let r = send(client().post(s.url("import/testheim")).header("content-type", "text/csv").body(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(summary(&r, "rows imported"), 2);
+    assert_eq!(summary(&r, "rows rejected"), 2);
+    let errs = error_issues(&r);
+    assert!(!errs.is_empty());
+    for e in &errs {
+        assert_eq!(e["location"][0], "rows 3–4", "{e}");
+        assert!(e["expression"][0].as_str().unwrap().contains("birthDate"), "{e}");
+        assert!(e["diagnostics"].as_str().unwrap().contains("patient group's transaction failed"), "{e}");
+    }
+    assert_eq!(count(&s, "Patient").await, 2);
+    assert_eq!(count(&s, "Patient?identifier=urn:test:pid|2").await, 0);
+    assert_eq!(count(&s, "Provenance").await, 2);
+    s.stop().await;
+
+    // a broken mapping is a start-up error naming file and line
+    std::fs::write(dir.path().join("testheim.toml"), toml.replace("column = \"geb\"", "column = \"gebdat\"")).unwrap();
+    let store = carebridge::store::open(&format!("sqlite:{}", dir.path().join("x.db").display())).await.unwrap();
+    let services = carebridge::services::Services {
+        store,
+        registry: registry().await,
+        validator: crate::validator_suite::validator_arc().await,
+        validation: Default::default(),
+    };
+    let api = ApiConfig { mappings_dir: Some(dir.path().to_owned()), ..Default::default() };
+    let err = carebridge::server::start(services, api, "127.0.0.1:0").await.err().expect("start-up error").to_string();
+    assert!(err.contains("testheim.toml:13: column 'gebdat' is not a property of"), "{err}");
+}

@@ -364,3 +364,27 @@ fields = [
     let err = carebridge::server::start(services, api, "127.0.0.1:0").await.err().expect("start-up error").to_string();
     assert!(err.contains("testheim.toml:13: column 'gebdat' is not a property of"), "{err}");
 }
+
+/// The municipality's JSON: visits become home-health Encounters, times
+/// without an offset take Europe/Copenhagen, Danish decimals, references.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn municipality_visits_become_encounters() {
+    let s = server().await;
+    let r = post_import(&s, "kommune-havnby", "besoeg-2024-03.json", "").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let b = get(&s, "Encounter?identifier=urn:carebridge:kommune-havnby:besoeg|HB-24-000102&_include=Encounter:subject").await.json();
+    assert_eq!(match_ids(&b).len(), 1, "{b}");
+    let enc = &b["entry"][0]["resource"];
+    assert_eq!(enc["period"]["start"], "2024-03-05T19:30:00+01:00");
+    assert_eq!(enc["class"]["code"], "HH");
+    assert_eq!(enc["type"][0]["coding"][0], serde_json::json!({"system": "http://snomed.info/sct", "code": "18629005", "display": "Administration of drug or medicament (procedure)"}));
+    let patient = b["entry"].as_array().unwrap().iter().find(|e| e["search"]["mode"] == "include").expect("subject included");
+    assert_eq!(patient["resource"]["identifier"][0]["system"], "urn:oid:1.2.208.176.1.2");
+    assert_eq!(patient["resource"]["name"][0]["family"], "Kjærgaard");
+    let w = get(&s, "Observation?code=http://loinc.org|29463-7&value-quantity=61.3").await.json();
+    assert_eq!(match_ids(&w).len(), 1, "{w}");
+    assert_eq!(serde_json::to_string(&w["entry"][0]["resource"]["valueQuantity"]).unwrap(), r#"{"unit":"kg","system":"http://unitsofmeasure.org","code":"kg","value":61.3}"#);
+    assert!(w["entry"][0]["resource"]["encounter"]["reference"].as_str().unwrap().starts_with("Encounter/"));
+    assert_eq!(count(&s, "Observation?code=http://loinc.org|8867-4").await, 2);
+    s.stop().await;
+}

@@ -13,5 +13,6 @@ pub mod search;
 pub mod server;
 pub mod services;
 pub mod store;
+pub mod summary;
 pub mod translate;
 pub mod validate;

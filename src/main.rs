@@ -153,6 +153,20 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         rows_per_patient: usize,
     },
+    /// Patient/$summary and $everything for persons with records at three institutions: req/s, p50, p99
+    Summary {
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        persons: usize,
+        /// resources per person (all three records together)
+        #[arg(long, default_value_t = 500)]
+        resources: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Token + date search over generated Observations: req/s, p50, p99
     Search {
         #[arg(long)]
@@ -186,6 +200,13 @@ async fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Serve { listen, db, base_url, max_body_bytes, package_cache, validation, mllp, mappings } => {
             let listen = listen.or(file.server.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+            let hl7 = match file.hl7v2.to_hl7_config() {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", cli.config.display());
+                    return ExitCode::from(2);
+                }
+            };
             let opts = ServerOptions {
                 database_url: db.or(file.database.url).unwrap_or_else(|| "sqlite:data/carebridge.db".into()),
                 package_cache: package_cache.or(file.fhir.package_cache.map(PathBuf::from)),
@@ -193,6 +214,7 @@ async fn main() -> ExitCode {
                     base_url: base_url.or(file.server.base_url),
                     max_body_bytes: max_body_bytes.or(file.server.max_body_bytes).unwrap_or(ApiConfig::default().max_body_bytes),
                     mappings_dir: mappings.or(file.import.mappings_dir.map(PathBuf::from)),
+                    hl7,
                 },
                 validation,
             };
@@ -268,6 +290,9 @@ async fn main() -> ExitCode {
             BenchCmd::Read { server, resources, concurrency, seconds } => cli::bench::read(server, resources, concurrency, seconds).await,
             BenchCmd::Hl7v2 { messages, connections, seconds } => cli::bench::hl7v2(messages, connections, seconds).await,
             BenchCmd::Import { rows, rows_per_patient } => cli::bench::import(rows, rows_per_patient).await,
+            BenchCmd::Summary { server, persons, resources, concurrency, seconds } => {
+                cli::bench::summary(server, persons, resources, concurrency, seconds).await
+            }
             BenchCmd::Search { server, observations, concurrency, seconds } => {
                 cli::bench::search(server, observations, concurrency, seconds).await
             }

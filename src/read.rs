@@ -147,3 +147,65 @@ async fn includes(services: &Services, req: &SearchRequest, rows: &[ResourceRow]
     included.truncate(MAX_INCLUDES);
     Ok(included)
 }
+
+/// The Patient compartment of `patients` (their own Patient resources first,
+/// then every member resource, by type): the read behind `$everything` and
+/// `$summary`. `types` restricts the resource types, `since` (µs) the
+/// last-updated time.
+pub async fn patient_compartment(
+    services: &Services,
+    patients: &[String],
+    types: Option<&[String]>,
+    since: Option<i64>,
+) -> Result<Vec<ResourceRow>, ReadError> {
+    let mut out = vec![];
+    if patients.is_empty() {
+        return Ok(out);
+    }
+    if types.is_none_or(|ts| ts.iter().any(|t| t == "Patient")) {
+        for chunk in patients.chunks(200) {
+            out.extend(
+                services
+                    .store
+                    .query(plan::resources_by_ids_sql("Patient", chunk))
+                    .await?
+                    .into_iter()
+                    .filter(|r| since.is_none_or(|s| r.last_updated >= s)),
+            );
+        }
+        // in the order asked for (the first is the subject)
+        out.sort_by_key(|r| patients.iter().position(|p| *p == r.id));
+    }
+    let mut seen: HashSet<(String, String)> = out.iter().map(|r| (r.rtype.clone(), r.id.clone())).collect();
+    for chunk in patients.chunks(200) {
+        let sql = plan::compartment_sql(&services.registry.patient_compartment, chunk, types, since);
+        for r in services.store.query(sql).await? {
+            if seen.insert((r.rtype.clone(), r.id.clone())) {
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The resources `rows` reference (one level, current versions), except
+/// those already in `rows` and those of the `skip` types.
+pub async fn referenced(services: &Services, rows: &[ResourceRow], skip: &[&str]) -> Result<Vec<ResourceRow>, ReadError> {
+    let mut seen: HashSet<(String, String)> = rows.iter().map(|r| (r.rtype.clone(), r.id.clone())).collect();
+    let mut by_type: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let keys: Vec<i64> = rows.iter().map(|r| r.rkey).collect();
+    for chunk in keys.chunks(500) {
+        for (t, id) in services.store.pairs(plan::include_targets_sql(chunk, None, None)).await? {
+            if services.registry.is_type(&t) && !skip.contains(&t.as_str()) && seen.insert((t.clone(), id.clone())) {
+                by_type.entry(t).or_default().push(id);
+            }
+        }
+    }
+    let mut out = vec![];
+    for (t, ids) in by_type {
+        for chunk in ids.chunks(200) {
+            out.extend(services.store.query(plan::resources_by_ids_sql(&t, chunk)).await?);
+        }
+    }
+    Ok(out)
+}

@@ -102,7 +102,7 @@ pub async fn start(services: Services, api_config: ApiConfig, listen: &str) -> R
 pub async fn start_with_mllp(services: Services, api_config: ApiConfig, listen: &str, mllp: Option<&str>) -> Result<Running, ServerError> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| ServerError::Bind(listen.to_owned(), e))?;
     let addr = listener.local_addr().map_err(|e| ServerError::Bind(listen.to_owned(), e))?;
-    let hl7 = Hl7Config::default();
+    let hl7: Hl7Config = api_config.hl7.clone();
     let import = match &api_config.mappings_dir {
         Some(dir) => Mappings::load_dir(dir, true)?,
         None => Mappings::load_dir(std::path::Path::new("mappings"), false)?,

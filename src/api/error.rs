@@ -10,6 +10,7 @@ use crate::pipeline::PipelineError;
 use crate::read::ReadError;
 use crate::search::SearchError;
 use crate::store::StoreError;
+use crate::summary::SummaryError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -17,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 pub enum ApiError {
     Pipeline(PipelineError),
     Read(ReadError),
+    Summary(SummaryError),
     /// a client error decided by the api layer itself
     Status(StatusCode, OperationOutcome),
 }
@@ -59,6 +61,20 @@ impl ApiError {
             ApiError::Read(ReadError::Store(se)) => {
                 (store_status(se), OperationOutcome::error(IssueType::Exception, "internal storage error"))
             }
+            ApiError::Summary(SummaryError::UnknownPatient(id)) => {
+                (StatusCode::NOT_FOUND, OperationOutcome::error(IssueType::NotFound, format!("Patient/{id} is not known")))
+            }
+            // `From<SummaryError>` turns read errors into `ApiError::Read`
+            ApiError::Summary(SummaryError::Read(_)) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, OperationOutcome::error(IssueType::Exception, "internal error"))
+            }
+            ApiError::Summary(SummaryError::Store(se)) => {
+                (store_status(se), OperationOutcome::error(IssueType::Exception, "internal storage error"))
+            }
+            ApiError::Summary(e @ SummaryError::Corrupt(_)) => {
+                tracing::error!(error = %e, "corrupt stored resource");
+                (StatusCode::INTERNAL_SERVER_ERROR, OperationOutcome::error(IssueType::Exception, "internal storage error"))
+            }
         }
     }
 }
@@ -83,6 +99,15 @@ impl From<ImportError> for ApiError {
                 tracing::error!(error = %other, "import configuration failure");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueType::Exception, "import configuration error")
             }
+        }
+    }
+}
+
+impl From<SummaryError> for ApiError {
+    fn from(e: SummaryError) -> Self {
+        match e {
+            SummaryError::Read(r) => ApiError::Read(r),
+            e => ApiError::Summary(e),
         }
     }
 }

@@ -19,6 +19,7 @@ mod import;
 mod metadata;
 pub mod negotiate;
 mod search;
+mod summary;
 mod validate;
 
 use crate::fhir::IssueType;
@@ -40,11 +41,13 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// CSV/JSON import mapping files (`<institution>.toml`); `None`: `mappings/` if it exists.
     pub mappings_dir: Option<std::path::PathBuf>,
+    /// HL7 v2 ingest settings (institutions by sending facility)
+    pub hl7: crate::ingest::hl7v2::Hl7Config,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024, mappings_dir: None }
+        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024, hl7: Default::default(), mappings_dir: None }
     }
 }
 
@@ -258,6 +261,22 @@ async fn route(app: &AppState, r: Req) -> Result<Response, ApiError> {
                 Method::PUT => crud::update(app, &r, t, id).await,
                 Method::DELETE => crud::delete(app, &r, t, id).await,
                 _ => Err(method_not_allowed(&r)),
+            }
+        }
+        ["Patient", id, "$everything"] => {
+            check_id(id)?;
+            if get || m == Method::POST {
+                summary::everything(app, &r, id).await
+            } else {
+                Err(method_not_allowed(&r))
+            }
+        }
+        ["Patient", id, "$summary"] => {
+            check_id(id)?;
+            if get {
+                summary::summary(app, &r, id).await
+            } else {
+                Err(method_not_allowed(&r))
             }
         }
         [t, id, "_history"] => {

@@ -285,11 +285,33 @@ pub fn v2_message(n: usize) -> String {
     V2_TEMPLATE.replace("{n}", &n.to_string())
 }
 
+/// One parse + translate pass over `msgs`: (messages, bundle entries).
+/// Not inlined, so `valgrind --tool=callgrind
+/// --toggle-collect='*hl7v2_pass*'` counts exactly this work (instructions
+/// per message = Ir / 1000 with `--seconds 0`).
+#[inline(never)]
+pub fn hl7v2_pass(
+    msgs: &[String],
+    cfg: &crate::translate::hl7v2::map::InstitutionConfig,
+) -> Result<(usize, usize), String> {
+    use crate::translate::hl7v2::map::translate;
+    use crate::translate::hl7v2::Message;
+    let mut resources = 0usize;
+    for m in msgs {
+        let msg = Message::parse(m).map_err(|e| e.to_string())?;
+        let t = translate(&msg, m.as_bytes(), cfg, "2024-03-05T10:31:00+01:00").map_err(|e| format!("{e:?}"))?;
+        resources += t.bundle["entry"].as_array().map_or(0, Vec::len);
+    }
+    Ok((msgs.len(), resources))
+}
+
 /// `bench hl7v2`: parse + translate alone (one thread), then end to end over
 /// MLLP into the store (in-process gateway, `connections` MLLP clients).
+/// `--seconds 0` makes exactly one pass over the 1000 generated messages
+/// (deterministic work, for callgrind); `--messages 0` skips the MLLP part.
 pub async fn hl7v2(messages: usize, connections: usize, seconds: u64) -> Result<(), String> {
-    use crate::translate::hl7v2::map::{translate, InstitutionConfig};
-    use crate::translate::hl7v2::{encode_frame, Message, MllpDecoder};
+    use crate::translate::hl7v2::map::InstitutionConfig;
+    use crate::translate::hl7v2::{encode_frame, MllpDecoder};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // 1. parse + translate, single thread
     let msgs: Vec<String> = (0..1000).map(v2_message).collect();
@@ -297,12 +319,12 @@ pub async fn hl7v2(messages: usize, connections: usize, seconds: u64) -> Result<
     let t0 = Instant::now();
     let mut n = 0usize;
     let mut resources = 0usize;
-    while t0.elapsed() < Duration::from_secs(seconds) {
-        for m in &msgs {
-            let msg = Message::parse(m).map_err(|e| e.to_string())?;
-            let t = translate(&msg, m.as_bytes(), &cfg, "2024-03-05T10:31:00+01:00").map_err(|e| format!("{e:?}"))?;
-            resources += t.bundle["entry"].as_array().map_or(0, Vec::len);
-            n += 1;
+    loop {
+        let (k, r) = hl7v2_pass(&msgs, &cfg)?;
+        n += k;
+        resources += r;
+        if t0.elapsed() >= Duration::from_secs(seconds) {
+            break;
         }
     }
     let secs = t0.elapsed().as_secs_f64();
@@ -311,6 +333,9 @@ pub async fn hl7v2(messages: usize, connections: usize, seconds: u64) -> Result<
         n as f64 / secs,
         resources as f64 / n as f64
     );
+    if messages == 0 {
+        return Ok(());
+    }
     // 2. end to end over MLLP
     let dir = std::env::temp_dir().join(format!("carebridge-bench-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -464,5 +489,60 @@ pub async fn import(rows: usize, per_patient: usize) -> Result<(), String> {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `$summary` and `$everything` latency for persons known to three
+/// institutions (three linked Patient records) with `per_person` resources
+/// in all; a quarter of the coded entries are the same finding recorded by
+/// two institutions, so de-duplication has work to do.
+pub async fn summary(server: Option<String>, persons: usize, per_person: usize, concurrency: usize, seconds: u64) -> Result<(), String> {
+    let t = target(server).await?;
+    let c = client();
+    let per_inst = (per_person.saturating_sub(3) / 3).max(1);
+    let mut summary_urls = vec![];
+    let mut everything_urls = vec![];
+    for p in 0..persons {
+        let ids: Vec<String> = (0..3).map(|i| format!("bench-p{p}-inst{i}")).collect();
+        let mut entries = vec![];
+        for (i, id) in ids.iter().enumerate() {
+            let mut pat = json!({"resourceType": "Patient", "id": id, "identifier": [{"system": format!("urn:bench:inst{i}:mrn"), "value": p.to_string()}],
+                "name": [{"family": format!("Bench{p}"), "given": ["Pat"]}], "gender": "female", "birthDate": "1970-01-01"});
+            if i == 0 {
+                pat["link"] = json!([{"other": {"reference": format!("Patient/{}", ids[1])}, "type": "seealso"}, {"other": {"reference": format!("Patient/{}", ids[2])}, "type": "seealso"}]);
+            }
+            entries.push(json!({"resource": pat, "request": {"method": "PUT", "url": format!("Patient/{id}")}}));
+            for k in 0..per_inst {
+                // codes shared between institutions for k % 4 == 0 (same day), own codes otherwise
+                let (code, day) = if k % 4 == 0 { (format!("S{k}"), k % 28 + 1) } else { (format!("I{i}-{k}"), k % 28 + 1) };
+                let subject = json!({"reference": format!("Patient/{id}")});
+                let when = format!("2024-02-{day:02}");
+                let res = match k % 10 {
+                    0 | 1 => json!({"resourceType": "Condition", "subject": subject, "onsetDateTime": when,
+                        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+                        "code": {"coding": [{"system": "http://fhir.de/CodeSystem/bfarm/icd-10-gm", "code": code}]}}),
+                    2 => json!({"resourceType": "Procedure", "status": "completed", "subject": subject, "performedDateTime": when,
+                        "code": {"coding": [{"system": "http://fhir.de/CodeSystem/bfarm/ops", "code": code}]}}),
+                    3 => json!({"resourceType": "Immunization", "status": "completed", "patient": subject, "occurrenceDateTime": when,
+                        "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": code}]}}),
+                    4 => json!({"resourceType": "MedicationStatement", "status": "active", "subject": subject, "effectiveDateTime": when,
+                        "medicationCodeableConcept": {"coding": [{"system": "http://fhir.de/CodeSystem/bfarm/atc", "code": code}]}}),
+                    _ => json!({"resourceType": "Observation", "status": "final", "subject": subject, "effectiveDateTime": when,
+                        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": if k % 2 == 0 { "vital-signs" } else { "laboratory" }}]}],
+                        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                        "valueQuantity": {"value": k, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}}),
+                };
+                entries.push(json!({"resource": res, "request": {"method": "POST", "url": res["resourceType"]}}));
+            }
+        }
+        post_tx(&c, &t.base, entries).await?;
+        summary_urls.push(format!("Patient/{}/$summary", ids[0]));
+        everything_urls.push(format!("Patient/{}/$everything?_count=1000", ids[0]));
+    }
+    println!("seeded {persons} persons × 3 institutions, {} resources each; {concurrency} clients, {seconds} s per operation", 3 * (per_inst + 1));
+    let (ok, err, lat) = load_generator(&t.base, Arc::new(summary_urls), concurrency, Duration::from_secs(seconds)).await;
+    report("$summary", ok, err, &lat, seconds as f64);
+    let (ok, err, lat) = load_generator(&t.base, Arc::new(everything_urls), concurrency, Duration::from_secs(seconds)).await;
+    report("$everything", ok, err, &lat, seconds as f64);
     Ok(())
 }

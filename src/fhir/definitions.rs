@@ -10,7 +10,7 @@
 //! SearchParameter files, not the 655 large StructureDefinitions.
 
 use serde::Deserialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 pub const CORE_PACKAGE: &str = "hl7.fhir.r4.core#4.0.1";
@@ -69,6 +69,24 @@ pub struct SearchParamDef {
 pub struct Definitions {
     pub resource_types: BTreeSet<String>,
     pub search_params: Vec<SearchParamDef>,
+    /// CompartmentDefinitions (R4 `compartmentdefinition.html`): compartment
+    /// code (`Patient`, `Encounter`, …) → member resource type → the search
+    /// parameters that put a resource of that type into the compartment.
+    pub compartments: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompartmentDef {
+    code: String,
+    #[serde(default)]
+    resource: Vec<CompartmentMember>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompartmentMember {
+    code: String,
+    #[serde(default)]
+    param: Vec<String>,
 }
 
 impl Definitions {
@@ -103,6 +121,17 @@ impl Definitions {
                         {
                             self.resource_types.insert(t);
                         }
+                    }
+                }
+                "CompartmentDefinition" => {
+                    let p = dir.join(&f.filename);
+                    let raw =
+                        std::fs::read(&p).map_err(|e| DefinitionsError::Io(p.display().to_string(), e))?;
+                    let cd: CompartmentDef = serde_json::from_slice(&raw)
+                        .map_err(|e| DefinitionsError::Parse(p.display().to_string(), e))?;
+                    let members = self.compartments.entry(cd.code).or_default();
+                    for m in cd.resource.into_iter().filter(|m| !m.param.is_empty()) {
+                        members.insert(m.code, m.param);
                     }
                 }
                 "SearchParameter" => {

@@ -25,6 +25,8 @@ use std::collections::HashMap;
 #[derive(Clone, Debug, Default)]
 pub struct Hl7Config {
     pub institutions: HashMap<String, InstitutionConfig>,
+    /// zone for senders that are not configured (default `Europe/Berlin`)
+    pub default_zone: Option<crate::translate::hl7v2::Zone>,
 }
 
 impl Hl7Config {
@@ -35,7 +37,11 @@ impl Hl7Config {
         }
         let id: String = key.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
         let id = id.trim_matches('-').to_owned();
-        InstitutionConfig::new(if id.is_empty() { "unknown-facility".to_owned() } else { id })
+        let mut c = InstitutionConfig::new(if id.is_empty() { "unknown-facility".to_owned() } else { id });
+        if let Some(z) = &self.default_zone {
+            c.time_zone = z.clone();
+        }
+        c
     }
 }
 
@@ -98,7 +104,7 @@ pub async fn handle(services: &Services, cfg: &Hl7Config, raw: &[u8]) -> Hl7Outc
     let t = match translate(&msg, raw, &inst, &received) {
         Ok(t) => t,
         Err(errors) => {
-            let unsupported = errors.iter().any(|e| matches!(e.code, 200 | 201 | 202 | 203));
+            let unsupported = errors.iter().any(|e| matches!(e.code, 200..=203));
             let code = if unsupported { AckCode::AR } else { AckCode::AE };
             return reject(&header, code, &errors);
         }

@@ -115,6 +115,9 @@ pub struct Registry {
     by_type: HashMap<String, HashMap<String, Arc<SearchParam>>>,
     /// union branches outside the supported FHIRPath subset (not indexed)
     pub skipped_branches: usize,
+    /// the Patient compartment: member type → reference parameters (only
+    /// parameters this registry knows and indexes as references)
+    pub patient_compartment: Vec<(String, Vec<String>)>,
 }
 
 impl Registry {
@@ -149,6 +152,18 @@ impl Registry {
                     branches,
                 };
                 reg.by_type.entry(t).or_default().insert(sp.code.clone(), Arc::new(p));
+            }
+        }
+        if let Some(members) = defs.compartments.get("Patient") {
+            for (t, params) in members {
+                let ps: Vec<String> = params
+                    .iter()
+                    .filter(|p| reg.param(t, p).is_some_and(|sp| sp.kind == ParamKind::Reference && sp.is_indexed()))
+                    .cloned()
+                    .collect();
+                if !ps.is_empty() {
+                    reg.patient_compartment.push((t.clone(), ps));
+                }
             }
         }
         reg

@@ -514,3 +514,48 @@ pub fn revinclude_sql(source_type: &str, param: Option<&str>, targets: &[(String
     sql.push(")) LIMIT ").int_param(limit as i64);
     sql
 }
+
+/// The current resources of the Patient compartment of `patients`
+/// (R4 `compartmentdefinition.html`, `patient-operation-everything.html`):
+/// every resource of a member type whose compartment parameter references one
+/// of the patients, restricted to `types` when given and to resources changed
+/// at or after `since` (µs). Ordered by type, then storage order.
+pub fn compartment_sql(members: &[(String, Vec<String>)], patients: &[String], types: Option<&[String]>, since: Option<i64>) -> Sql {
+    let mut sql = Sql::new(format!(
+        "SELECT {RESOURCE_COLUMNS} FROM resources r WHERE r.deleted = 0 AND r.rkey IN (SELECT rkey FROM idx_reference WHERE target_type = 'Patient' AND target_id IN ("
+    ));
+    for (i, id) in patients.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.text_param(id.clone());
+    }
+    sql.push(") AND (");
+    let mut first = true;
+    for (t, params) in members {
+        if types.is_some_and(|ts| !ts.iter().any(|x| x == t)) {
+            continue;
+        }
+        if !first {
+            sql.push(" OR ");
+        }
+        first = false;
+        sql.push("(rtype = ").text_param(t.clone()).push(" AND param IN (");
+        for (i, p) in params.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.text_param(p.clone());
+        }
+        sql.push("))");
+    }
+    if first {
+        sql.push("1 = 0");
+    }
+    sql.push("))");
+    if let Some(s) = since {
+        sql.push(" AND r.last_updated >= ").int_param(s);
+    }
+    sql.push(" ORDER BY r.rtype, r.rkey");
+    sql
+}

@@ -53,7 +53,7 @@ fn date_time_ok(s: &str, require_time: bool) -> bool {
 
 fn base64_ok(s: &str) -> bool {
     let clean: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if clean.len() % 4 != 0 {
+    if !clean.len().is_multiple_of(4) {
         return false;
     }
     let pad = clean.iter().rev().take_while(|&&b| b == b'=').count();

@@ -223,3 +223,26 @@ async fn mllp_stream_of_10000_messages_no_loss() {
     assert_eq!(provs as usize, N, "one Provenance per message");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn configured_institution_sets_id_zone_and_systems() {
+    // the same message, sender KHNORD configured as institution "kh-nord"
+    // in Shanghai with its own MRN system for assigning authority KHNORD
+    let file: carebridge::config::FileConfig = toml::from_str(
+        "[[hl7v2.institution]]\nid = \"kh-nord\"\nfacilities = [\"KHNORD\"]\nname = \"Krankenhaus Nord\"\ntime_zone = \"Asia/Shanghai\"\n[hl7v2.institution.identifier_systems]\nKHNORD = \"urn:oid:1.2.276.0.76.3.1.999.1\"\n",
+    )
+    .unwrap();
+    let api = carebridge::api::ApiConfig { hl7: file.hl7v2.to_hl7_config().unwrap(), ..Default::default() };
+    let s = TestServer::start_with(Backend::Sqlite, api).await;
+    let r = post_v2(&s, fixture("adt-a01-de.hl7")).await;
+    assert_eq!(msa(&r.text), "AA", "{}", r.text);
+    let b = get(&s, "Encounter").await.json();
+    let enc = &b["entry"][0]["resource"];
+    // PV1-44 20240305103000 without offset → Shanghai time (+08:00)
+    assert_eq!(enc["period"]["start"], "2024-03-05T10:30:00+08:00", "{enc}");
+    let p = get(&s, "Patient?identifier=urn:oid:1.2.276.0.76.3.1.999.1|4711").await.json();
+    assert_eq!(match_ids(&p).len(), 1, "{p}");
+    let org = get(&s, "Organization").await.json();
+    assert!(org.to_string().contains("Krankenhaus Nord"), "{org}");
+    s.stop().await;
+}

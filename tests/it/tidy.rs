@@ -14,6 +14,7 @@ fn ranks() -> HashMap<&'static str, u8> {
         ("api", 2),
         ("config", 2),
         ("ingest", 3),
+        ("summary", 3),
         ("translate", 4),
         ("pipeline", 4),
         ("read", 4),

@@ -32,14 +32,18 @@
 //! ```
 //!
 //! # Supported
-//! ADT A01, A02, A03, A04, A05, A08, A11, A13, A28, A31, A40 (merge) and
-//! ORU^R01 (HL7 v2.5.1 ch. 3 and ch. 7; versions 2.3–2.8 read alike);
-//! segments MSH, EVN, PID, PD1, NK1, PV1, PV2, DG1, PR1, AL1, IN1, MRG,
-//! ORC, OBR, OBX, NTE. Resources: Patient, RelatedPerson, Encounter,
-//! Condition, Procedure, AllergyIntolerance, Coverage, Observation,
-//! DiagnosticReport, ServiceRequest (the order an OBR describes, so OBR-16
-//! has a home), Practitioner, Organization (the member institution = the
-//! sending facility; insurers), Location, Provenance. The per-segment
+//! ADT A01, A02, A03, A04, A05, A08, A11, A13, A28, A31, A40 (merge),
+//! ORU^R01, VXU^V04 and MDM^T01–T11 (HL7 v2.5.1 ch. 3, 7, 4A and 9;
+//! versions 2.3–2.8 read alike); segments MSH, EVN, PID, PD1, NK1, PV1,
+//! PV2, DG1, PR1, AL1, IN1, MRG, ORC, OBR, OBX, NTE, RXA, RXR, TXA.
+//! Resources: Patient, RelatedPerson, Encounter, Condition, Procedure,
+//! AllergyIntolerance, Coverage, Observation, DiagnosticReport,
+//! ServiceRequest (the order an OBR describes, so OBR-16 has a home),
+//! Immunization (VXU: one per RXA, OBX after it as Observations `partOf`
+//! it plus funding/eligibility/VIS fields), DocumentReference (MDM: TXA +
+//! the OBX content as attachments), Practitioner, Organization (the member
+//! institution = the sending facility; insurers; vaccine manufacturers),
+//! Location, Provenance. The per-segment
 //! rules are in each file's documentation and follow the HL7
 //! v2-to-FHIR IG (1.0.0) segment and data type maps, with the deviations
 //! noted there. Any other type → error 200 `unsupported message type X^Y`
@@ -75,6 +79,10 @@
 //! | ServiceRequest, DiagnosticReport | `filler|`OBR-3 (ORC-3) `system|value`, else `placer|`OBR-2 (ORC-2), else `message|`MSH-10`|`OBR-1 with a warning |
 //! | Observation (ORU) | order key + `|` + OBX-1 (position if empty, `#n` if repeated) |
 //! | Observation (ADT) | Encounter reference (or Patient id) + `|obx|` + OBX-3.1 + `|` + OBX-1 |
+//! | Immunization | `filler|`ORC-3, else `placer|`ORC-2 (`system|value`), else `rxa|`patient id`|`RXA-3`|`RXA-5 system`|`code |
+//! | Observation (VXU, after RXA) | Immunization id + `|obx|` + OBX-1 (`#n` if repeated) |
+//! | Organization (manufacturer) | `manufacturer|` + RXA-17 system`|`code (or `name|`RXA-17.2) |
+//! | DocumentReference | `doc|` + TXA-12 `system|value` (edits and status changes keep the number → same resource) |
 //! | Provenance | MSH-10 |
 //!
 //! # Provenance (details in `provenance.rs`)
@@ -99,7 +107,9 @@
 //! with its ERL location down to component/subcomponent): 100 missing
 //! segment (PID; PV1 for A01–A13 except A08; MRG for A40; OBR for ORU),
 //! 101 missing required value (PID-3, MSH-10, OBR-4), 102 impossible or
-//! malformed date/time, 200/201 unsupported type. Warnings (translated
+//! malformed date/time, 200/201 unsupported type; VXU: 101 empty RXA-5
+//! (vaccine) or RXA-3 (administration time); MDM: 100 missing TXA, 101
+//! empty TXA-12 (unique document number). Warnings (translated
 //! anyway): 101 no visit/order number, 102 KVNR check digit, non-numeric
 //! NM, repeated single values, unsupported OBX value types, 103 unknown
 //! administrative sex, 205 A40 merging a patient into itself, 207 ED
@@ -125,6 +135,8 @@
 //! | `encounter.rs` | PV1, PV2, status by trigger |
 //! | `clinical.rs` | DG1, PR1, AL1, IN1 |
 //! | `results.rs` | ORU (ORC, OBR, OBX, NTE), OBX in ADT |
+//! | `vxu.rs` | VXU^V04: RXA, RXR, ORC, OBX → Immunization |
+//! | `mdm.rs` | MDM^T01–T11: TXA, OBX content → DocumentReference |
 //! | `adt.rs` | ADT event flow, A40 merge |
 //! | `provenance.rs` | Provenance, SHA-256 |
 //! | `json.rs`, `prune.rs` | building and checking JSON |
@@ -140,7 +152,13 @@
 //! * ICD-10-GM/OPS codes are copied as sent: the German certainty and side
 //!   suffixes (`G`/`V`/`Z`/`A`, `R`/`L`/`B`) are not split into the
 //!   de.basisprofil extensions.
-//! * VXU (Immunization) and MDM (DocumentReference) are not implemented.
+//! * MDM notifications without content about an existing document (T03
+//!   status change, T07 edit, T11 cancel) are full PUTs too: the stored
+//!   content of that document is replaced by the metadata-only
+//!   attachment. An addendum or replacement does not rewrite its parent
+//!   (`relatesTo` points at it).
+//! * VXU: RXA-21 `D` marks the Immunization `entered-in-error` rather than
+//!   deleting it; ORC is not mapped to a ServiceRequest.
 //! * A40 does not rewrite resources that point at the merged-away Patient.
 //! * Provenance ids rely on MSH-10 being unique per sender.
 
@@ -150,11 +168,13 @@ mod ctx;
 mod encounter;
 pub mod ids;
 mod json;
+mod mdm;
 mod patient;
 mod provenance;
 pub mod prune;
 mod results;
 mod types;
+mod vxu;
 
 #[cfg(test)]
 mod tests;
@@ -254,6 +274,18 @@ pub const SUPPORTED: &[(&str, &str)] = &[
     ("ADT", "A31"),
     ("ADT", "A40"),
     ("ORU", "R01"),
+    ("VXU", "V04"),
+    ("MDM", "T01"),
+    ("MDM", "T02"),
+    ("MDM", "T03"),
+    ("MDM", "T04"),
+    ("MDM", "T05"),
+    ("MDM", "T06"),
+    ("MDM", "T07"),
+    ("MDM", "T08"),
+    ("MDM", "T09"),
+    ("MDM", "T10"),
+    ("MDM", "T11"),
 ];
 
 /// Translates one parsed message into a transaction Bundle.
@@ -301,6 +333,8 @@ pub fn translate(
     match code.as_str() {
         "ADT" if trigger == "A40" => adt::merge(&mut ctx),
         "ADT" => adt::adt(&mut ctx),
+        "VXU" => vxu::vxu(&mut ctx),
+        "MDM" => mdm::mdm(&mut ctx),
         _ => results::oru(&mut ctx),
     }
     provenance::add(&mut ctx, raw, received_at, &shown);

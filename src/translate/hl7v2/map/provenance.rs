@@ -9,9 +9,11 @@
 //!   else MSH-7.
 //! * `recorded`: the caller's `received_at` (the one value that differs
 //!   between two translations of the same message).
-//! * `activity`: v3-DataOperation `CREATE` for A01, A04, A05, A28 and R01
-//!   (events that report something new), `UPDATE` for A02, A03, A08, A11,
-//!   A13, A31 and A40 (changes to what exists).
+//! * `activity`: v3-DataOperation `CREATE` for A01, A04, A05, A28, R01 and
+//!   the MDM events that bring a new document (T01/T02 original, T05/T06
+//!   addendum, T09/T10 replacement), `UPDATE` for A02, A03, A08, A11, A13,
+//!   A31, A40, V04 and the MDM status change, edit and cancel events
+//!   (T03/T04, T07/T08, T11).
 //! * `agent`: the member institution's Organization, type `author`; EVN-5
 //!   (operator) as a Practitioner, type `enterer`, on behalf of the
 //!   institution.
@@ -29,21 +31,12 @@
 use serde_json::Value;
 
 use super::json::obj;
-use sha2::{Digest, Sha256};
 
 use super::ctx::{reference, Ctx};
 use super::types::{floc, practitioner, reps};
 
-/// Lowercase hex SHA-256.
-pub(crate) fn sha256_hex(raw: &[u8]) -> String {
-    let digest = Sha256::digest(raw);
-    let mut s = String::with_capacity(64);
-    for b in digest.iter() {
-        s.push(char::from_digit((b >> 4) as u32, 16).unwrap_or('0'));
-        s.push(char::from_digit((b & 15) as u32, 16).unwrap_or('0'));
-    }
-    s
-}
+/// Lowercase hex SHA-256 (shared with the CSV/JSON import).
+pub(crate) use crate::translate::ids::sha256_hex;
 
 pub(crate) fn add(ctx: &mut Ctx<'_, '_>, raw: &[u8], received_at: &str, shown_type: &str) {
     let msg = ctx.msg;
@@ -68,7 +61,9 @@ pub(crate) fn add(ctx: &mut Ctx<'_, '_>, raw: &[u8], received_at: &str, shown_ty
         );
     }
     let activity = match ctx.trigger.as_str() {
-        "A01" | "A04" | "A05" | "A28" | "R01" => "CREATE",
+        "A01" | "A04" | "A05" | "A28" | "R01" | "T01" | "T02" | "T05" | "T06" | "T09" | "T10" => {
+            "CREATE"
+        }
         _ => "UPDATE",
     };
     let id = ctx.id("Provenance", &ctx.control_id);

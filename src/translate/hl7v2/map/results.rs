@@ -91,7 +91,7 @@ pub(crate) enum ObxOut {
 // ORU
 // ---------------------------------------------------------------------------
 
-struct Order {
+pub(crate) struct Order {
     key: String,
     dr_id: String,
     sr_ref: Option<Value>,
@@ -215,7 +215,7 @@ fn order_identifier(
         .and_then(|r| ei(ctx, &r, &default))
 }
 
-fn start_order(
+pub(crate) fn start_order(
     ctx: &mut Ctx<'_, '_>,
     i: usize,
     obr: &Segment<'_, '_>,
@@ -338,6 +338,13 @@ fn start_order(
             category,
         },
     })
+}
+
+impl Order {
+    /// The order's ServiceRequest reference (`None` if it came out empty).
+    pub(crate) fn service_request(&self) -> Option<&Value> {
+        self.sr_ref.as_ref()
+    }
 }
 
 fn finish_order(ctx: &mut Ctx<'_, '_>, segs: &[Segment<'_, '_>], o: Order) {
@@ -974,7 +981,11 @@ fn base64_clean(s: &str) -> Option<String> {
     Some(t)
 }
 
-fn attachment(ctx: &mut Ctx<'_, '_>, obx: &Segment<'_, '_>, r: &Repetition<'_>) -> Option<Value> {
+pub(crate) fn attachment(
+    ctx: &mut Ctx<'_, '_>,
+    obx: &Segment<'_, '_>,
+    r: &Repetition<'_>,
+) -> Option<Value> {
     let kind = r.part(2);
     let subtype = r.part(3);
     let encoding = r.part(4).map(|s| s.to_ascii_uppercase());

@@ -885,7 +885,7 @@ fn unsupported_types_are_named() {
         Some("unsupported message type ADT^A06")
     );
     assert_eq!(e[0].location.as_ref().unwrap().to_string(), "MSH-9.2");
-    for t in ["VXU^V04", "MDM^T02", "ORM^O01", "BAR^P01", "DFT^P03"] {
+    for t in ["SIU^S12", "ORM^O01", "BAR^P01", "DFT^P03", "RDE^O11"] {
         let m = msg(&[
             &format!("MSH|^~\\&|A|B|C|D|20240101||{t}|1|P|2.5"),
             "PID|1||1||X",

@@ -17,7 +17,7 @@
 //! `http://fhir.de/CodeSystem/bfarm/icd-10-gm` (a German gateway: a sender's
 //! `I10` is ICD-10-GM), `I10C` → ICD-10-CM, `I9`/`I9C` → ICD-9-CM,
 //! `OPS`/`O301` → `http://fhir.de/CodeSystem/bfarm/ops`, `UCUM`, `C4` (CPT),
-//! `RXNORM`, `CVX`, `NDC`, `ATC`, `PZN`, `ISO639` → `urn:ietf:bcp:47`, `HL7nnnn` →
+//! `RXNORM`, `CVX`, `MVX`, `NCIT` (NCI thesaurus), `NDC`, `ATC`, `PZN`, `ISO639` → `urn:ietf:bcp:47`, `HL7nnnn` →
 //! `http://terminology.hl7.org/CodeSystem/v2-nnnn`; CWE-14 (coding system
 //! OID, v2.7+) → `urn:oid:`. Any other name becomes the institution-local
 //! system `urn:carebridge:<institution>:cs:<NAME>` (percent-encoded), so a
@@ -262,6 +262,8 @@ pub(crate) fn code_system(ctx: &Ctx<'_, '_>, name: &str) -> String {
         "C4" | "C5" | "CPT" | "CPT4" | "CPT-4" => "http://www.ama-assn.org/go/cpt",
         "RXNORM" => "http://www.nlm.nih.gov/research/umls/rxnorm",
         "CVX" => "http://hl7.org/fhir/sid/cvx",
+        "MVX" => "http://hl7.org/fhir/sid/mvx",
+        "NCIT" | "NCI" => "http://ncimeta.nci.nih.gov",
         "NDC" => "http://hl7.org/fhir/sid/ndc",
         "ATC" | "WC" => "http://www.whocc.no/atc",
         "PZN" => "http://fhir.de/CodeSystem/ifa/pzn",

@@ -112,7 +112,8 @@ pub async fn run(target: Target, institution: &str, file: &Path, format: Format,
             }
             let resp = reqwest::Client::new().post(url).header("content-type", ct).body(bytes).send().await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
-            let body: Value = resp.json().await.map_err(|e| format!("answer is not JSON: {e}"))?;
+            let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+            let body: Value = serde_json::from_slice(&bytes).map_err(|e| format!("answer is not JSON: {e}"))?;
             pb.finish_and_clear();
             let first = body.pointer("/issue/0/diagnostics").and_then(Value::as_str).unwrap_or("").to_owned();
             if status != 200 && status != 422 {

@@ -12,6 +12,7 @@ mod hl7v2_translate;
 mod hl7v2_vxu_mdm;
 mod profiles;
 mod mpi;
+mod import;
 mod rest;
 mod sdk_client;
 mod search;

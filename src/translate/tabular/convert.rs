@@ -264,7 +264,7 @@ fn match_pieces(pieces: &[Piece], v: &str) -> Option<Parts> {
     (i == b.len()).then_some(p)
 }
 
-fn parse_parts(v: &str, f: &DateFormat) -> Result<Hl7DateTime, String> {
+fn parse_parts(v: &str, f: &DateFormat, noun: &str) -> Result<Hl7DateTime, String> {
     let p = f
         .alternatives
         .iter()
@@ -280,18 +280,18 @@ fn parse_parts(v: &str, f: &DateFormat) -> Result<Hl7DateTime, String> {
             dtm.push_str(o);
         }
     }
-    Hl7DateTime::parse(&dtm).map_err(|e| format!("{v:?} is not a valid date/time: {}", e.message))
+    Hl7DateTime::parse(&dtm).map_err(|e| format!("{v:?} is not a valid {noun}: {}", e.message))
 }
 
 /// A FHIR `date` (a time of day in the value is dropped).
 pub fn date(v: &str, f: &DateFormat) -> Result<String, String> {
-    Ok(parse_parts(v, f)?.to_fhir_date())
+    Ok(parse_parts(v, f, "date")?.to_fhir_date())
 }
 
 /// A FHIR `dateTime`: a date alone stays a date; a time without an offset
 /// takes the institution's zone (a local time in a DST gap is an error).
 pub fn datetime(v: &str, f: &DateFormat, zone: &Zone) -> Result<String, String> {
-    let d = parse_parts(v, f)?;
+    let d = parse_parts(v, f, "date/time")?;
     if !d.has_time() {
         return Ok(d.to_fhir_date());
     }

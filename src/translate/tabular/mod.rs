@@ -564,7 +564,6 @@ fn provenance(id: &str, targets: Vec<Value>, org_id: &str, input: &Input<'_>, sh
 pub fn set_provenance_activity(prov: &mut Value, activity: &str, recorded: Option<&str>) {
     if let Some(c) = prov.pointer_mut("/activity/coding/0") {
         c["code"] = Value::String(activity.to_owned());
-        c["display"] = Value::String(activity.to_ascii_lowercase());
     }
     if let Some(r) = recorded {
         prov["recorded"] = Value::String(r.to_owned());

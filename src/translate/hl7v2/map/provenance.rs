@@ -31,21 +31,12 @@
 use serde_json::Value;
 
 use super::json::obj;
-use sha2::{Digest, Sha256};
 
 use super::ctx::{reference, Ctx};
 use super::types::{floc, practitioner, reps};
 
-/// Lowercase hex SHA-256.
-pub(crate) fn sha256_hex(raw: &[u8]) -> String {
-    let digest = Sha256::digest(raw);
-    let mut s = String::with_capacity(64);
-    for b in digest.iter() {
-        s.push(char::from_digit((b >> 4) as u32, 16).unwrap_or('0'));
-        s.push(char::from_digit((b & 15) as u32, 16).unwrap_or('0'));
-    }
-    s
-}
+/// Lowercase hex SHA-256 (shared with the CSV/JSON import).
+pub(crate) use crate::translate::ids::sha256_hex;
 
 pub(crate) fn add(ctx: &mut Ctx<'_, '_>, raw: &[u8], received_at: &str, shown_type: &str) {
     let msg = ctx.msg;

@@ -71,7 +71,7 @@ impl ApiError {
             ApiError::Summary(SummaryError::Store(se)) => {
                 (store_status(se), OperationOutcome::error(IssueType::Exception, "internal storage error"))
             }
-            ApiError::Summary(e @ SummaryError::Corrupt(_)) => {
+            ApiError::Summary(e @ (SummaryError::Corrupt(_) | SummaryError::Identity(_))) => {
                 tracing::error!(error = %e, "corrupt stored resource");
                 (StatusCode::INTERNAL_SERVER_ERROR, OperationOutcome::error(IssueType::Exception, "internal storage error"))
             }

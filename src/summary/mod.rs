@@ -45,6 +45,8 @@ pub enum SummaryError {
     Store(#[from] StoreError),
     #[error("stored resource {0} is not valid JSON")]
     Corrupt(String),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 /// Id of the gateway's own Organization (the IPS Composition's author).
@@ -53,8 +55,8 @@ pub const GATEWAY_ORG: &str = "carebridge-gateway";
 /// The records of one person: `id` first, then the Patients reachable over
 /// `Patient.link` (seealso, replaces, replaced-by, refer) in either
 /// direction (a Patient whose link points here is found through the
-/// reference index), breadth-first, at most 100. The master patient index
-/// adds its links here.
+/// reference index) and the records the master patient index groups with
+/// them, breadth-first, at most 100.
 pub async fn patient_group(services: &Services, id: &str) -> Result<Vec<String>, SummaryError> {
     let Some(row) = services.store.read("Patient", id).await? else { return Err(SummaryError::UnknownPatient(id.to_owned())) };
     if row.deleted || row.body.is_none() {
@@ -66,6 +68,12 @@ pub async fn patient_group(services: &Services, id: &str) -> Result<Vec<String>,
     while i < out.len() && out.len() < 100 {
         let cur = out[i].clone();
         i += 1;
+        // the records the master patient index links to it
+        for (pid, _) in crate::identity::query::group_members(services, &cur).await? {
+            if seen.insert(pid.clone()) {
+                out.push(pid);
+            }
+        }
         // the Patient itself and the Patients that link to it
         let rows = read::patient_compartment(services, std::slice::from_ref(&cur), Some(&["Patient".to_owned()]), None).await?;
         for row in rows {

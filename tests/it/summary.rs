@@ -126,8 +126,13 @@ async fn everything_across_linked_records(backend: Backend) {
     assert_eq!(all.status, 200, "{}", all.text);
     let all = all.json();
     assert_eq!(all["type"], "searchset");
-    // every resource of the fixture: both records' compartments and what they reference
-    assert_eq!(all["total"], 15, "{all}");
+    // every resource of the fixture (both records' compartments and what they
+    // reference) plus what the MPI wrote when it linked the two records: the
+    // Person and the AuditEvent of the link decision (both in the compartment)
+    assert_eq!(all["total"], 17, "{all}");
+    let types: Vec<&str> = all["entry"].as_array().unwrap().iter().map(|e| e["resource"]["resourceType"].as_str().unwrap()).collect();
+    assert_eq!(types.iter().filter(|t| **t == "Person").count(), 1, "{types:?}");
+    assert_eq!(types.iter().filter(|t| **t == "AuditEvent").count(), 1, "{types:?}");
     let ids: Vec<String> = all["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(ids[0], "hausarzt-eppendorf-88", "the patient comes first");
     assert!(ids.contains(&"kh-cond-error".to_owned()), "$everything hides nothing");
@@ -144,7 +149,7 @@ async fn everything_across_linked_records(backend: Backend) {
             None => break,
         }
     }
-    assert_eq!(pages, 4);
+    assert_eq!(pages, 5);
     let mut a = seen.clone();
     a.sort();
     let mut b = ids.clone();
@@ -161,5 +166,22 @@ async fn everything_across_linked_records(backend: Backend) {
     assert_eq!(later["total"], 0);
     let r = get(&s, "Patient/kh-nord-4711/$everything?_since=yesterday").await;
     assert_outcome(&r, 400);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn summary_follows_the_master_patient_index() {
+    // two institutions' records with the same KVNR and no explicit link: the
+    // MPI links them deterministically, and the summary spans both
+    let s = TestServer::start(Backend::Sqlite).await;
+    let p = |id: &str, family: &str| serde_json::json!({"resourceType": "Patient", "id": id, "identifier": [{"system": "http://fhir.de/sid/gkv/kvid-10", "value": "X110411319"}], "name": [{"family": family, "given": ["Jürgen"]}], "gender": "male", "birthDate": "1956-03-14"});
+    assert_eq!(put_json(&s, "Patient/mpi-a", &p("mpi-a", "Müller")).await.status, 201);
+    assert_eq!(put_json(&s, "Patient/mpi-b", &p("mpi-b", "Mueller")).await.status, 201);
+    let cond = serde_json::json!({"resourceType": "Condition", "id": "mpi-b-cond", "subject": {"reference": "Patient/mpi-b"},
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+        "code": {"coding": [{"system": "http://fhir.de/CodeSystem/bfarm/icd-10-gm", "code": "E11.9"}]}});
+    assert_eq!(put_json(&s, "Condition/mpi-b-cond", &cond).await.status, 201);
+    let doc = get(&s, "Patient/mpi-a/$summary").await.json();
+    assert_eq!(refs(section(&doc, "11450-4").unwrap()), vec!["Condition/mpi-b-cond"], "{doc}");
     s.stop().await;
 }

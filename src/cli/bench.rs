@@ -420,8 +420,13 @@ pub async fn summary(server: Option<String>, persons: usize, per_person: usize, 
         let ids: Vec<String> = (0..3).map(|i| format!("bench-p{p}-inst{i}")).collect();
         let mut entries = vec![];
         for (i, id) in ids.iter().enumerate() {
+            // one person = one name and birth date; persons differ in both, so the
+            // master patient index groups exactly the three records of a person
+            const FAMILIES: [&str; 8] = ["Müller", "Schmidt", "Schneider", "Fischer", "Weber", "Meyer", "Wagner", "Becker"];
+            const GIVEN: [&str; 8] = ["Anna", "Jürgen", "Hildegard", "Björn", "Lena", "Tobias", "Greta", "Emil"];
+            let birth = format!("{}-{:02}-{:02}", 1930 + p % 70, 1 + p % 12, 1 + (p * 7) % 28);
             let mut pat = json!({"resourceType": "Patient", "id": id, "identifier": [{"system": format!("urn:bench:inst{i}:mrn"), "value": p.to_string()}],
-                "name": [{"family": format!("Bench{p}"), "given": ["Pat"]}], "gender": "female", "birthDate": "1970-01-01"});
+                "name": [{"family": FAMILIES[p % 8], "given": [GIVEN[(p / 8) % 8]]}], "gender": if p % 2 == 0 { "female" } else { "male" }, "birthDate": birth});
             if i == 0 {
                 pat["link"] = json!([{"other": {"reference": format!("Patient/{}", ids[1])}, "type": "seealso"}, {"other": {"reference": format!("Patient/{}", ids[2])}, "type": "seealso"}]);
             }

@@ -467,7 +467,9 @@ pub fn count_sql(req: &SearchRequest) -> Result<Sql, SearchError> {
 
 /// (type, id) of the targets of reference parameter `param` (None = all) of the given resources.
 pub fn include_targets_sql(rkeys: &[i64], param: Option<&str>, target_type: Option<&str>) -> Sql {
-    let mut sql = Sql::new("SELECT DISTINCT target_type, target_id FROM idx_reference WHERE target_type IS NOT NULL AND target_id IS NOT NULL AND rkey IN (");
+    // COALESCE keeps the planner off the (target_type, target_id) index: the
+    // rkey list is the selective part (idx_reference_kp)
+    let mut sql = Sql::new("SELECT DISTINCT target_type, target_id FROM idx_reference WHERE COALESCE(target_type, '') <> '' AND COALESCE(target_id, '') <> '' AND rkey IN (");
     for (i, k) in rkeys.iter().enumerate() {
         if i > 0 {
             sql.push(", ");

@@ -2,6 +2,7 @@
 //! health networks. See README.md, section ARCHITECTURE, for the codemap.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod fhir;

@@ -15,6 +15,8 @@ pub mod search;
 pub mod server;
 pub mod services;
 pub mod store;
+pub mod subscription;
 pub mod summary;
 pub mod translate;
 pub mod validate;
+pub mod workflow;

@@ -103,6 +103,8 @@ pub struct Running {
     pub mllp_addr: Option<SocketAddr>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub handle: tokio::task::JoinHandle<()>,
+    /// the subscription delivery worker
+    worker: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -113,6 +115,7 @@ impl Running {
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }
+        self.worker.abort();
         let _ = self.handle.await;
     }
 }
@@ -144,6 +147,9 @@ pub async fn start_with_mllp(services: Services, api_config: ApiConfig, listen: 
         }
         None => None,
     };
+    // subscription delivery (outbox → rest-hook endpoints), one worker per process
+    let public = api_config.base_url.clone().map(|b| b.trim_end_matches('/').to_owned()).unwrap_or_else(|| format!("http://{addr}"));
+    let worker = crate::subscription::deliver::spawn(services.clone(), public);
     let app = api::router(Arc::new(AppState { services, config: api_config, hl7, import }));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
@@ -153,7 +159,7 @@ pub async fn start_with_mllp(services: Services, api_config: ApiConfig, listen: 
             })
             .await;
     });
-    Ok(Running { addr, mllp_addr, shutdown: Some(tx), handle })
+    Ok(Running { addr, mllp_addr, shutdown: Some(tx), handle, worker })
 }
 
 /// Wait for Ctrl-C or SIGTERM.

@@ -47,6 +47,7 @@ impl ApiError {
                     PipelineError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
                     PipelineError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
                     PipelineError::NotSupported(_) => StatusCode::BAD_REQUEST,
+                    PipelineError::Forbidden(_) => StatusCode::FORBIDDEN,
                     PipelineError::Store(se) => store_status(se),
                 };
                 (s, e.outcome())

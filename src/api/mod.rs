@@ -20,8 +20,10 @@ mod metadata;
 mod mpi;
 pub mod negotiate;
 mod search;
+mod subscription;
 mod summary;
 mod validate;
+mod workflow;
 
 use crate::fhir::IssueType;
 use crate::services::Services;
@@ -226,6 +228,30 @@ async fn route(app: &AppState, r: Req) -> Result<Response, ApiError> {
         ["Patient", "$match"] => mpi::patient_match(app, &r).await,
         ["Patient", "$ihe-pix"] => mpi::ihe_pix(app, &r).await,
         ["Person", op @ ("$link" | "$unlink")] => mpi::person_op(app, &r, op).await,
+        ["PlanDefinition", id, "$apply"] => {
+            check_id(id)?;
+            if get || m == Method::POST {
+                workflow::plan_apply(app, &r, id).await
+            } else {
+                Err(method_not_allowed(&r))
+            }
+        }
+        ["Subscription", id, "$status"] => {
+            check_id(id)?;
+            if get {
+                subscription::status(app, &r, id).await
+            } else {
+                Err(method_not_allowed(&r))
+            }
+        }
+        ["Subscription", id, "$events"] => {
+            check_id(id)?;
+            if get || m == Method::POST {
+                subscription::events(app, &r, id).await
+            } else {
+                Err(method_not_allowed(&r))
+            }
+        }
         ["Task", id, op @ ("$confirm" | "$reject")] => {
             check_id(id)?;
             mpi::review(app, &r, id, *op == "$confirm").await

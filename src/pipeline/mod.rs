@@ -6,7 +6,10 @@
 //! resolve (ids for creates, `urn:uuid:`/`urn:oid:` fullUrls, conditional
 //! create/update/delete, conditional references) → check (shape, types, ids,
 //! `If-Match`) → link identities (Patient changes feed the MPI, `identity`)
-//! → store (one database transaction: versions, history, index, MPI links).
+//! → workflow rules (Task state machine and who may move it, `workflow`)
+//! → store (one database transaction: versions, history, index, MPI links,
+//! subscription outbox rows, `subscription::outbox`) → after commit: wake
+//! the subscription delivery worker.
 //!
 //! Follows FHIR R4 `http.html`: create/update/delete and their conditional
 //! forms (§3.1.0.4–3.1.0.7), `If-Match` version-aware updates (§3.1.0.5.1),
@@ -52,6 +55,9 @@ pub enum PipelineError {
     MethodNotAllowed(OperationOutcome),
     #[error("{}", .0.first_message())]
     NotSupported(OperationOutcome),
+    /// the caller's role does not allow this change (e.g. a Task transition)
+    #[error("{}", .0.first_message())]
+    Forbidden(OperationOutcome),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -66,7 +72,8 @@ impl PipelineError {
             | PipelineError::PreconditionFailed(o)
             | PipelineError::Unprocessable(o)
             | PipelineError::MethodNotAllowed(o)
-            | PipelineError::NotSupported(o) => o.clone(),
+            | PipelineError::NotSupported(o)
+            | PipelineError::Forbidden(o) => o.clone(),
             PipelineError::Store(StoreError::Conflict(m)) => {
                 OperationOutcome::error(IssueType::Conflict, format!("concurrent change, retry: {m}"))
             }
@@ -86,6 +93,7 @@ impl PipelineError {
             Unprocessable(o) => Unprocessable(o.in_entry(i)),
             MethodNotAllowed(o) => MethodNotAllowed(o.in_entry(i)),
             NotSupported(o) => NotSupported(o.in_entry(i)),
+            Forbidden(o) => Forbidden(o.in_entry(i)),
             e => e,
         }
     }
@@ -110,6 +118,30 @@ impl From<SearchError> for PipelineError {
             _ => IssueType::Invalid,
         };
         PipelineError::BadRequest(OperationOutcome::error(code, e.to_string()))
+    }
+}
+
+impl From<crate::subscription::SubscriptionError> for PipelineError {
+    fn from(e: crate::subscription::SubscriptionError) -> Self {
+        use crate::subscription::SubscriptionError as E;
+        match e {
+            E::Store(s) => PipelineError::Store(s),
+            E::Invalid(m) => PipelineError::Unprocessable(OperationOutcome::error(IssueType::Invalid, m)),
+            E::NotFound(m) => PipelineError::NotFound(OperationOutcome::error(IssueType::NotFound, m)),
+        }
+    }
+}
+
+impl From<crate::workflow::WorkflowError> for PipelineError {
+    fn from(e: crate::workflow::WorkflowError) -> Self {
+        use crate::workflow::WorkflowError as E;
+        match e {
+            E::Store(s) => PipelineError::Store(s),
+            E::Invalid(m) => PipelineError::BadRequest(OperationOutcome::error(IssueType::Invalid, m)),
+            E::Transition(m) => PipelineError::Unprocessable(OperationOutcome::error(IssueType::BusinessRule, m)),
+            E::Forbidden(m) => PipelineError::Forbidden(OperationOutcome::error(IssueType::Forbidden, m)),
+            E::NotFound(m) => PipelineError::NotFound(OperationOutcome::error(IssueType::NotFound, m)),
+        }
     }
 }
 
@@ -209,6 +241,7 @@ impl EntryResult {
             PipelineError::PreconditionFailed(_) => 412,
             PipelineError::Unprocessable(_) => 422,
             PipelineError::MethodNotAllowed(_) => 405,
+            PipelineError::Forbidden(_) => 403,
             PipelineError::Store(StoreError::Conflict(_)) => 409,
             PipelineError::Store(_) => 500,
         };
@@ -298,6 +331,9 @@ pub struct Pipeline<'a> {
     pub services: &'a Services,
     /// entries came in a Bundle: locate issues at `Bundle.entry[n]`
     in_bundle: bool,
+    /// who asks (REST: the request's caller); None for system sources
+    /// (HL7 v2, import, load) that run with the gateway's own authority
+    caller: Option<crate::auth::Caller>,
 }
 
 /// An entry after identity resolution.
@@ -318,12 +354,19 @@ struct Planned {
 impl<'a> Pipeline<'a> {
     /// A pipeline for Bundles (issues are located at their entry).
     pub fn new(services: &'a Services) -> Self {
-        Pipeline { services, in_bundle: true }
+        Pipeline { services, in_bundle: true, caller: None }
     }
 
     /// A pipeline for a single REST interaction (no entry locations).
     pub fn single(services: &'a Services) -> Self {
-        Pipeline { services, in_bundle: false }
+        Pipeline { services, in_bundle: false, caller: None }
+    }
+
+    /// Run this pipeline's changes on behalf of `caller` (role checks of
+    /// workflow transitions; the owner of Subscriptions it creates).
+    pub fn by(mut self, caller: &crate::auth::Caller) -> Self {
+        self.caller = Some(caller.clone());
+        self
     }
 
     /// Locate an error at entry `i` when processing a Bundle.
@@ -348,6 +391,19 @@ impl<'a> Pipeline<'a> {
             if let Some(f) = &e.full_url {
                 if !seen.insert(f.as_str()) {
                     return Err(self.at(bad(IssueType::Invalid, format!("duplicate fullUrl '{f}'")), i));
+                }
+            }
+        }
+
+        // Subscriptions: checked against the topics; `requested` becomes `active`
+        let mut entries = entries;
+        for (i, e) in entries.iter_mut().enumerate() {
+            if let (Method::Post | Method::Put, Some(res)) = (e.method, e.resource.as_mut()) {
+                if res.get("resourceType").and_then(Value::as_str) == Some("Subscription") {
+                    crate::subscription::parse_spec(&self.services.registry, res).map_err(|err| self.at(err.into(), i))?;
+                    if res.get("status").and_then(Value::as_str) == Some("requested") {
+                        res["status"] = Value::String("active".into());
+                    }
                 }
             }
         }
@@ -392,7 +448,6 @@ impl<'a> Pipeline<'a> {
         let mut planned: Vec<Planned> = Vec::with_capacity(n);
         let mut ids: HashMap<String, String> = HashMap::new(); // fullUrl → Type/id
         let mut touched: HashSet<(String, String)> = HashSet::new();
-        let mut entries = entries;
 
         for &i in &order {
             let e = &mut entries[i];
@@ -421,6 +476,22 @@ impl<'a> Pipeline<'a> {
             }
         }
 
+        // workflow rules on the resolved changes (Task state machine, who may move it)
+        for p in &planned {
+            if let (Some(new), Some(id)) = (p.resource.as_ref(), p.id.as_ref()) {
+                let prev = p.current.as_ref().filter(|c| !c.deleted).and_then(|c| c.body.as_ref());
+                crate::workflow::check_change(&p.rtype, id, prev, new, self.caller.as_ref()).map_err(|e| self.at(e.into(), p.index))?;
+            }
+        }
+        // the versions before the change, for the subscription topics' %previous
+        let previous: HashMap<(String, String), Option<Bytes>> = planned
+            .iter()
+            .filter_map(|p| {
+                let id = p.id.clone()?;
+                Some(((p.rtype.clone(), id), p.current.as_ref().filter(|c| !c.deleted).and_then(|c| c.body.clone())))
+            })
+            .collect();
+
         let mut results: Vec<Option<EntryResult>> = vec![None; n];
         let mut writes = Vec::new();
         for p in planned {
@@ -436,11 +507,27 @@ impl<'a> Pipeline<'a> {
             .filter(|w| w.rtype == "Patient")
             .map(|w| (w.id.clone(), w.body.as_ref().and_then(|b| serde_json::from_slice(b).ok())))
             .collect();
+        let changes: Vec<crate::subscription::outbox::Change> = writes
+            .iter()
+            .map(|w| crate::subscription::outbox::Change {
+                rtype: w.rtype.clone(),
+                id: w.id.clone(),
+                version: w.version,
+                method: w.method,
+                previous: previous.get(&(w.rtype.clone(), w.id.clone())).cloned().flatten(),
+                current: w.body.clone(),
+            })
+            .collect();
         if !writes.is_empty() {
             tx.write(writes).await?;
         }
         crate::identity::link_patients(self.services, tx.as_mut(), &patient_changes, now).await?;
+        // subscription outbox rows: in this same transaction as the change
+        let events = crate::subscription::outbox::record(self.services, tx.as_mut(), &changes, self.caller.as_ref(), now).await?;
         tx.commit().await?;
+        if events > 0 {
+            crate::subscription::deliver::wake();
+        }
 
         // GET/HEAD entries are processed last, after the writes
         for &i in &order {
@@ -485,7 +572,7 @@ impl<'a> Pipeline<'a> {
             } else {
                 let mut e = e;
                 e.full_url = None;
-                Pipeline::single(self.services).transaction(vec![e]).await.map(|mut v| v.remove(0))
+                Pipeline { services: self.services, in_bundle: false, caller: self.caller.clone() }.transaction(vec![e]).await.map(|mut v| v.remove(0))
             };
             out.push(r.map_err(|err| err.in_entry(i)));
         }

@@ -111,6 +111,18 @@ fn compile_invariants(sd: &StructDef, cache: &mut HashMap<String, Option<Express
     }
 }
 
+/// Definitions of the extensions carebridge's own features read — the R4
+/// Subscriptions Backport IG's Subscription extensions (`subscription`),
+/// whose package is not among the installed ones — registered at load.
+const BUILTIN_DEFINITIONS: &[&str] = &[
+    include_str!("../../profiles/subscriptions-backport/StructureDefinition-backport-filter-criteria.json"),
+    include_str!("../../profiles/subscriptions-backport/StructureDefinition-backport-payload-content.json"),
+    include_str!("../../profiles/subscriptions-backport/StructureDefinition-backport-heartbeat-period.json"),
+    include_str!("../../profiles/subscriptions-backport/StructureDefinition-backport-topic-canonical.json"),
+    include_str!("../../profiles/subscriptions-backport/StructureDefinition-backport-max-count.json"),
+    include_str!("../../profiles/subscriptions-backport/StructureDefinition-backport-timeout.json"),
+];
+
 impl Validator {
     /// Load the core package from the cache (about 20 MB of snapshots).
     pub fn load(cache: &Path) -> Result<Self, ValidateError> {
@@ -129,14 +141,19 @@ impl Validator {
         let ext_dir = std::fs::read_dir(cache).ok().and_then(|rd| {
             rd.flatten().map(|e| e.path()).find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(EXTENSIONS_PREFIX)))
         });
-        Ok(Validator {
+        let mut v = Validator {
             model: Arc::new(model),
             fp_model: Arc::new(fp_model),
             invariant_count,
             terminology: Arc::new(Terminology::load(cache)),
             ext_dir: ext_dir.map(|d| d.join("package")),
             ext_cache: Arc::default(),
-        })
+        };
+        for d in BUILTIN_DEFINITIONS {
+            let sd: Value = serde_json::from_str(d).expect("built-in definition is JSON");
+            v.add_profile(&sd)?;
+        }
+        Ok(v)
     }
 
     /// Register a constrained StructureDefinition (with snapshot) by its canonical url

@@ -240,6 +240,26 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Subscription delivery reliability: N events to a receiver failing a share of requests and
+    /// restarting once, the gateway (a child `carebridge serve`) killed and restarted mid-way
+    Subscriptions {
+        #[arg(long, default_value_t = 10_000)]
+        events: usize,
+        /// percentage of notification requests the receiver answers 500
+        #[arg(long, default_value_t = 30)]
+        fail_percent: u64,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// gateway database (default: a fresh SQLite file)
+        #[arg(long)]
+        db: Option<String>,
+        /// do not kill the gateway mid-way
+        #[arg(long)]
+        no_kill: bool,
+        /// do not restart the receiver
+        #[arg(long)]
+        no_receiver_restart: bool,
+    },
 }
 
 fn init_logs() {
@@ -386,6 +406,23 @@ async fn main() -> ExitCode {
             }
             BenchCmd::Search { server, observations, concurrency, seconds } => {
                 cli::bench::search(server, observations, concurrency, seconds).await
+            }
+            BenchCmd::Subscriptions { events, fail_percent, concurrency, db, no_kill, no_receiver_restart } => {
+                match std::env::current_exe() {
+                    Err(e) => Err(e.to_string()),
+                    Ok(exe) => cli::bench_subscriptions::run(cli::bench_subscriptions::Options {
+                        exe,
+                        events,
+                        fail_percent: fail_percent.min(95),
+                        concurrency,
+                        kill_gateway: !no_kill,
+                        restart_receiver: !no_receiver_restart,
+                        db,
+                        timeout: std::time::Duration::from_secs(600),
+                    })
+                    .await
+                    .map(|r| println!("bench subscriptions: {r}")),
+                }
             }
         },
     };

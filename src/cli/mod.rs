@@ -3,10 +3,12 @@
 //! (offline validation with a readable report and exit status), `import`
 //! (a CSV/JSON export through an institution's mapping) and `bench`
 //! (throughput/latency benchmarks that print figures; never timed tests;
-//! `bench_link.rs`: the master patient index's quality and speed).
+//! `bench_link.rs`: the master patient index's quality and speed;
+//! `bench_subscriptions.rs`: subscription delivery reliability).
 
 pub mod bench;
 pub mod bench_link;
+pub mod bench_subscriptions;
 pub mod import;
 pub mod load;
 pub mod de_variant;

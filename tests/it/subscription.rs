@@ -335,3 +335,32 @@ async fn subscription_retry_postgres() {
     }
     retry_suite(Backend::Postgres).await;
 }
+
+/// The delivery reliability scenario of `carebridge bench subscriptions`,
+/// smaller: events to a receiver failing 30 % of requests and restarting
+/// once, the gateway (a child `carebridge serve`) killed with SIGKILL and
+/// restarted mid-way → every event delivered at least once, none lost,
+/// order kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_reliability() {
+    let r = carebridge::cli::bench_subscriptions::run(carebridge::cli::bench_subscriptions::Options {
+        exe: env!("CARGO_BIN_EXE_carebridge").into(),
+        events: 400,
+        fail_percent: 30,
+        concurrency: 4,
+        kill_gateway: true,
+        restart_receiver: true,
+        db: None,
+        timeout: Duration::from_secs(120),
+    })
+    .await
+    .expect("scenario runs");
+    eprintln!("delivery_reliability: {r}");
+    assert_eq!(r.events, 400, "one event per discharged Encounter, none from retried writes");
+    assert_eq!(r.lost, 0, "{r}");
+    assert_eq!(r.delivered, 400, "{r}");
+    assert_eq!(r.order_violations, 0, "{r}");
+    assert_eq!(r.gateway_restarts, 1);
+    assert_eq!(r.receiver_restarts, 1);
+    assert!(r.failed_requests > 0, "the receiver failed some requests: {r}");
+}

@@ -225,7 +225,7 @@ pub async fn export_kickoff(app: &AppState, r: &Req, level: &str, group: Option<
         }
         u
     };
-    let params = ExportParams { level: level.to_owned(), group: group.map(str::to_owned), types, since, type_filters, deidentify: insurer };
+    let params = ExportParams { level: level.to_owned(), group: group.map(str::to_owned), types, since, type_filters, deidentify: insurer, member: r.caller.member.clone(), member_type: r.caller.member_type, scopes: r.caller.scopes.clone(), purpose_of_use: r.caller.purpose_of_use.clone() };
     let id = export::kick_off(&app.services, &app.reports, &r.caller, &request, params).await?;
     let mut resp = fhir_response(StatusCode::ACCEPTED, serde_json::to_vec(&crate::fhir::OperationOutcome::info("export started").to_json()).unwrap_or_default(), false);
     if let Ok(v) = HeaderValue::from_str(&format!("{}/_export/status/{id}", r.base)) {

@@ -208,7 +208,7 @@ pub async fn export(patients: usize, deidentify: bool, db: Option<String>, mut c
     let rss_before = vm_rss_kib().unwrap_or(0);
     let reports = Arc::new(Reports::new(config, services.validator.fhirpath_model()).map_err(|e| e.to_string())?);
     let types = vec!["Patient".to_owned(), "Encounter".to_owned(), "Condition".to_owned(), "Organization".to_owned()];
-    let params = ExportParams { level: "system".into(), group: None, types, since: None, type_filters: vec![], deidentify };
+    let params = ExportParams { level: "system".into(), group: None, types, since: None, type_filters: vec![], deidentify, member: None, member_type: crate::auth::MemberType::Operator, scopes: vec![], purpose_of_use: None };
     let caller = crate::auth::Caller::dev_operator();
     let t = Instant::now();
     let id = export::kick_off(&services, &reports, &caller, "bench", params).await.map_err(|e| e.to_string())?;

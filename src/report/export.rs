@@ -39,6 +39,19 @@ pub struct ExportParams {
     /// (type, search query) pairs
     pub type_filters: Vec<(String, String)>,
     pub deidentify: bool,
+    /// the requesting caller's member and member type (the row filter runs as them)
+    #[serde(default)]
+    pub member: Option<String>,
+    #[serde(default = "operator")]
+    pub member_type: crate::auth::MemberType,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub purpose_of_use: Option<String>,
+}
+
+fn operator() -> crate::auth::MemberType {
+    crate::auth::MemberType::Operator
 }
 
 /// One job row.
@@ -280,7 +293,13 @@ fn patient_of(row: &ResourceRow) -> Option<String> {
 
 async fn run(services: &Services, reports: &Arc<Reports>, id: &str, cancel: &AtomicBool) -> Result<(), ReportError> {
     let job = load_job(services, id).await?.ok_or_else(|| ReportError::NotFound(id.to_owned()))?;
-    let caller = Caller { client_id: job.client_id.clone(), ..Caller::dev_operator() };
+    let caller = Caller {
+        client_id: job.client_id.clone(),
+        member: job.params.member.clone(),
+        member_type: job.params.member_type,
+        scopes: job.params.scopes.clone(),
+        purpose_of_use: job.params.purpose_of_use.clone(),
+    };
     let dir = job_dir(reports, id);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| ReportError::Io(format!("{}: {e}", dir.display())))?;

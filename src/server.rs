@@ -28,6 +28,8 @@ pub enum ServerError {
     Packs(#[from] crate::validate::packs::PackError),
     #[error("listening on {0}: {1}")]
     Bind(String, std::io::Error),
+    #[error("reports: {0}")]
+    Report(#[from] crate::report::ReportError),
     #[error("import mappings: {0}")]
     Import(#[from] crate::ingest::import::ImportError),
 }
@@ -144,7 +146,13 @@ pub async fn start_with_mllp(services: Services, api_config: ApiConfig, listen: 
         }
         None => None,
     };
-    let app = api::router(Arc::new(AppState { services, config: api_config, hl7, import }));
+    let reports = Arc::new(crate::report::Reports::new(api_config.report.clone(), services.validator.fhirpath_model())?);
+    match crate::report::export::resume(&services, &reports).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(jobs = n, "export jobs resumed"),
+        Err(e) => tracing::error!(error = %e, "export jobs not resumed"),
+    }
+    let app = api::router(Arc::new(AppState { services, config: api_config, hl7, import, reports }));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         let _ = axum::serve(listener, app)

@@ -28,6 +28,8 @@ pub enum ServerError {
     Packs(#[from] crate::validate::packs::PackError),
     #[error("listening on {0}: {1}")]
     Bind(String, std::io::Error),
+    #[error("reports: {0}")]
+    Report(#[from] crate::report::ReportError),
     #[error("import mappings: {0}")]
     Import(#[from] crate::ingest::import::ImportError),
 }
@@ -147,10 +149,16 @@ pub async fn start_with_mllp(services: Services, api_config: ApiConfig, listen: 
         }
         None => None,
     };
+    let reports = Arc::new(crate::report::Reports::new(api_config.report.clone(), services.validator.fhirpath_model())?);
+    match crate::report::export::resume(&services, &reports).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(jobs = n, "export jobs resumed"),
+        Err(e) => tracing::error!(error = %e, "export jobs not resumed"),
+    }
     // subscription delivery (outbox → rest-hook endpoints), one worker per process
     let public = api_config.base_url.clone().map(|b| b.trim_end_matches('/').to_owned()).unwrap_or_else(|| format!("http://{addr}"));
     let worker = crate::subscription::deliver::spawn(services.clone(), public);
-    let app = api::router(Arc::new(AppState { services, config: api_config, hl7, import }));
+    let app = api::router(Arc::new(AppState { services, config: api_config, hl7, import, reports }));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         let _ = axum::serve(listener, app)

@@ -24,6 +24,7 @@ mod subscription;
 mod summary;
 mod validate;
 mod workflow;
+mod report;
 
 use crate::fhir::IssueType;
 use crate::services::Services;
@@ -46,11 +47,17 @@ pub struct ApiConfig {
     pub hl7: crate::ingest::hl7v2::Hl7Config,
     /// CSV/JSON import mapping files (`<institution>.toml`); `None`: `mappings/` if it exists.
     pub mappings_dir: Option<std::path::PathBuf>,
+    /// reports and bulk export (`[report]`)
+    pub report: crate::report::ReportConfig,
+    /// Take the caller from the `X-Carebridge-Dev-Caller` header
+    /// (`client_id;member-type[;member]`). Tests only — never set by
+    /// configuration; authentication replaces it.
+    pub dev_caller_header: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024, hl7: Default::default(), mappings_dir: None }
+        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024, hl7: Default::default(), mappings_dir: None, report: Default::default(), dev_caller_header: false }
     }
 }
 
@@ -61,6 +68,8 @@ pub struct AppState {
     pub hl7: crate::ingest::hl7v2::Hl7Config,
     /// CSV/JSON import: one mapping per institution
     pub import: crate::ingest::import::Mappings,
+    /// measures, report facts, export jobs
+    pub reports: Arc<crate::report::Reports>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -140,7 +149,13 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
     let is_v2 = parts.uri.path().trim_matches('/') == "hl7v2";
     // CSV/JSON import checks its own Content-Type (415 there)
     let is_import = parts.uri.path().trim_matches('/').starts_with("import/");
-    if !is_v2 {
+    // CSV reports and NDJSON export files negotiate their own formats
+    let raw_path = parts.uri.path().trim_matches('/');
+    let own_format = raw_path.starts_with("_export/file/")
+        || (raw_path.ends_with("$evaluate-measure")
+            && (matches!(format, Some("csv" | "text/csv"))
+                || parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.trim_start().starts_with("text/csv"))));
+    if !is_v2 && !own_format {
         negotiate::check_accept(&parts.headers, format)?;
     }
     let path = parts.uri.path().trim_matches('/');
@@ -163,8 +178,32 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
         bytes::Bytes::new()
     };
     let pretty = query.iter().any(|(k, v)| k == "_pretty" && v == "true");
-    let r = Req { method: parts.method.clone(), base: base_url(&app.config, &parts.headers), segs, query, headers: parts.headers, body, pretty, caller: crate::auth::Caller::dev_operator() };
+    let caller = dev_caller(&app.config, &parts.headers);
+    let r = Req { method: parts.method.clone(), base: base_url(&app.config, &parts.headers), segs, query, headers: parts.headers, body, pretty, caller };
     route(app, r).await
+}
+
+/// The caller of a request: the development operator, or (tests only, when
+/// `ApiConfig::dev_caller_header` is set) the `X-Carebridge-Dev-Caller`
+/// header `client_id;member-type[;member]`.
+fn dev_caller(cfg: &ApiConfig, headers: &HeaderMap) -> crate::auth::Caller {
+    let mut c = crate::auth::Caller::dev_operator();
+    if !cfg.dev_caller_header {
+        return c;
+    }
+    if let Some(h) = headers.get("x-carebridge-dev-caller").and_then(|v| v.to_str().ok()) {
+        let mut it = h.split(';').map(str::trim);
+        if let Some(id) = it.next().filter(|s| !s.is_empty()) {
+            c.client_id = id.to_owned();
+        }
+        if let Some(t) = it.next() {
+            if let Some(mt) = crate::auth::MemberType::ALL.iter().find(|m| m.as_str() == t) {
+                c.member_type = *mt;
+            }
+        }
+        c.member = it.next().map(str::to_owned);
+    }
+    c
 }
 
 fn method_not_allowed(r: &Req) -> ApiError {
@@ -210,6 +249,9 @@ async fn route(app: &AppState, r: Req) -> Result<Response, ApiError> {
         ["hl7v2"] => Err(method_not_allowed(&r)),
         ["import", inst] if m == Method::POST => import::post(app, &r, inst).await,
         ["import", _] => Err(method_not_allowed(&r)),
+        ["$export"] => report::export_kickoff(app, &r, "system", None).await,
+        ["_export", "status", id] => report::export_status(app, &r, id).await,
+        ["_export", "file", id, name] => report::export_file(app, &r, id, name).await,
         [t, ..] if t.starts_with('$') || t.starts_with('_') => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             IssueType::NotSupported,
@@ -224,6 +266,16 @@ async fn route(app: &AppState, r: Req) -> Result<Response, ApiError> {
                 Method::DELETE => crud::conditional_delete(app, &r, t).await,
                 _ => Err(method_not_allowed(&r)),
             }
+        }
+        ["Patient", "$export"] => report::export_kickoff(app, &r, "patient", None).await,
+        ["Group", id, "$export"] => {
+            check_id(id)?;
+            report::export_kickoff(app, &r, "group", Some(id)).await
+        }
+        ["Measure", "$evaluate-measure"] => report::evaluate_measure(app, &r, None).await,
+        ["Measure", id, "$evaluate-measure"] => {
+            check_id(id)?;
+            report::evaluate_measure(app, &r, Some(id)).await
         }
         ["Patient", "$match"] => mpi::patient_match(app, &r).await,
         ["Patient", "$ihe-pix"] => mpi::ihe_pix(app, &r).await,

@@ -4,13 +4,17 @@
 //! (a CSV/JSON export through an institution's mapping) and `bench`
 //! (throughput/latency benchmarks that print figures; never timed tests;
 //! `bench_link.rs`: the master patient index's quality and speed;
-//! `bench_subscriptions.rs`: subscription delivery reliability).
+//! `bench_report.rs`: measures and bulk export over generated patients;
+//! `bench_subscriptions.rs`: subscription delivery reliability),
+//! `report` (a measure over a store, with a progress bar).
 
 pub mod bench;
 pub mod bench_link;
+pub mod bench_report;
 pub mod bench_subscriptions;
 pub mod import;
 pub mod load;
+pub mod report;
 pub mod de_variant;
 pub mod validate;
 

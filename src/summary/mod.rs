@@ -54,13 +54,84 @@ pub enum SummaryError {
     Identity(#[from] crate::identity::IdentityError),
 }
 
+/// The elements of a stored resource that sections, labels and
+/// de-duplication look at (status, codes, subject, clinical times, value),
+/// parsed into a `Value`; the rest (narrative, extensions, components …) is
+/// only skipped over, which makes a summary of 500 resources several times
+/// cheaper than parsing each whole.
+fn slim(body: &[u8]) -> Result<Value, serde_json::Error> {
+    const KEEP: &[&str] = &[
+        "resourceType", "id", "status", "verificationStatus", "clinicalStatus", "category", "code", "vaccineCode",
+        "medicationCodeableConcept", "medicationReference", "subject", "patient", "title", "valueQuantity", "valueString",
+        "recordedDate", "issued", "dateAsserted", "authoredOn", "abatementDateTime",
+    ];
+    const KEEP_PREFIX: &[&str] = &["onset", "effective", "performed", "occurrence"];
+    let top: Vec<(&str, &serde_json::value::RawValue)> = match serde_json::from_slice::<TopLevel<'_>>(body) {
+        Ok(t) => t.0,
+        Err(_) => return serde_json::from_slice(body), // e.g. escaped keys: parse it whole
+    };
+    let mut m = Map::new();
+    for (k, raw) in top {
+        if KEEP.contains(&k) || KEEP_PREFIX.iter().any(|p| k.starts_with(p)) {
+            m.insert(k.to_owned(), serde_json::from_str(raw.get())?);
+        }
+    }
+    Ok(Value::Object(m))
+}
+
+/// A JSON object's members, borrowed and unparsed.
+struct TopLevel<'a>(Vec<(&'a str, &'a serde_json::value::RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for TopLevel<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = TopLevel<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<TopLevel<'a>, A::Error> {
+                let mut v = Vec::with_capacity(16);
+                while let Some((k, raw)) = a.next_entry::<&'de str, &'de serde_json::value::RawValue>()? {
+                    v.push((k, raw));
+                }
+                Ok(TopLevel(v))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
 /// `body` with every `reference` to one of `others` (the person's other
 /// records, `Patient/<id>`, relative or absolute) pointed at `subject`;
 /// `None` when it has none (the stored bytes are used as they are).
 fn retarget(body: &[u8], others: &[String], subject: &str) -> Option<Vec<u8>> {
-    let hit = |o: &String| body.windows(o.len()).any(|w| w == o.as_bytes());
-    if others.is_empty() || !others.iter().any(hit) {
+    if others.is_empty() || !others.iter().any(|o| memchr::memmem::find(body, o.as_bytes()).is_some()) {
         return None;
+    }
+    // the usual case, relative references only: replace the whole JSON strings
+    // `"Patient/<other>"` in the bytes (keys and order untouched)
+    let absolute = others.iter().any(|o| {
+        let n = memchr::memmem::find_iter(body, o.as_bytes()).count();
+        let quoted = memchr::memmem::find_iter(body, format!("\"{o}\"").as_bytes()).count();
+        n != quoted
+    });
+    if !absolute {
+        let mut out = body.to_vec();
+        for o in others {
+            let from = format!("\"{o}\"");
+            let to = format!("\"{subject}\"");
+            let mut next = Vec::with_capacity(out.len());
+            let mut last = 0;
+            for i in memchr::memmem::find_iter(&out, from.as_bytes()) {
+                next.extend_from_slice(&out[last..i]);
+                next.extend_from_slice(to.as_bytes());
+                last = i + from.len();
+            }
+            next.extend_from_slice(&out[last..]);
+            out = next;
+        }
+        return Some(out);
     }
     fn walk(v: &mut Value, others: &[String], subject: &str, changed: &mut bool) {
         match v {
@@ -255,7 +326,7 @@ pub async fn ips(services: &Services, id: &str, base: &str, now_us: i64) -> Resu
     let mut parsed: Vec<(ResourceRow, Value)> = Vec::with_capacity(rows.len());
     for r in rows {
         let Some(b) = &r.body else { continue };
-        let v: Value = serde_json::from_slice(b).map_err(|_| SummaryError::Corrupt(format!("{}/{}", r.rtype, r.id)))?;
+        let v = slim(b).map_err(|_| SummaryError::Corrupt(format!("{}/{}", r.rtype, r.id)))?;
         parsed.push((r, v));
     }
     // which record (Patient) an entry belongs to
@@ -401,4 +472,33 @@ pub async fn ips(services: &Services, id: &str, base: &str, now_us: i64) -> Resu
     }
     out.extend_from_slice(b"]}");
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retarget_relative_and_absolute_references() {
+        let others = vec!["Patient/b".to_owned()];
+        let body = br#"{"resourceType":"Condition","subject":{"reference":"Patient/b"},"note":[{"text":"Patient/bb"}],"x":1.50}"#;
+        let out = retarget(body, &others, "Patient/a").unwrap();
+        assert_eq!(out, br#"{"resourceType":"Condition","subject":{"reference":"Patient/a"},"note":[{"text":"Patient/bb"}],"x":1.50}"#.to_vec());
+        let abs = br#"{"resourceType":"Condition","subject":{"reference":"http://x/fhir/Patient/b"},"note":[{"text":"see Patient/b"}]}"#;
+        let out: Value = serde_json::from_slice(&retarget(abs, &others, "Patient/a").unwrap()).unwrap();
+        assert_eq!(out["subject"]["reference"], "Patient/a");
+        assert_eq!(out["note"][0]["text"], "see Patient/b", "only references change");
+        assert!(retarget(br#"{"subject":{"reference":"Patient/c"}}"#, &others, "Patient/a").is_none());
+    }
+
+    #[test]
+    fn slim_keeps_what_sections_use() {
+        let body = br#"{"resourceType":"Observation","id":"o","text":{"div":"<div/>"},"status":"final","category":[{"coding":[{"code":"vital-signs"}]}],"code":{"text":"Weight"},"subject":{"reference":"Patient/a"},"effectiveDateTime":"2024-03-05","valueQuantity":{"value":82.50,"unit":"kg"},"component":[]}"#;
+        let v = slim(body).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["resourceType", "id", "status", "category", "code", "subject", "effectiveDateTime", "valueQuantity"]);
+        assert_eq!(section_of("Observation", &v), Some(5));
+        assert_eq!(label("Observation", &v), "Weight 82.50 kg (2024-03-05)");
+        assert!(slim(b"{\"a\":").is_err());
+    }
 }

@@ -5,6 +5,7 @@
 
 mod cli;
 mod common;
+mod export;
 mod fhirpath_suite;
 mod hl7v2_ingest;
 mod hl7v2_parse;
@@ -13,6 +14,7 @@ mod hl7v2_vxu_mdm;
 mod profiles;
 mod mpi;
 mod import;
+mod report;
 mod rest;
 mod sdk_client;
 mod search;

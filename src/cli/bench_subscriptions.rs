@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const TOPIC: &str = "http://carebridge.example.org/fhir/SubscriptionTopic/encounter-discharge";
+const TOPIC: &str = "https://carebridge.example/fhir/SubscriptionTopic/encounter-discharge";
 const BP: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
 
 #[derive(Debug, Clone)]

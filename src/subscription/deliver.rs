@@ -20,6 +20,7 @@
 
 use super::notify::{self, load_events, Event, SubRow, SUB_COLUMNS};
 use super::Payload;
+use crate::auth::{Caller, MemberType};
 use crate::fhir::datetime;
 use crate::services::Services;
 use crate::store::Sql;
@@ -138,12 +139,36 @@ async fn claim(services: &Services) -> Result<Vec<SubRow>, crate::store::StoreEr
     Ok(rows)
 }
 
-/// May the subscription's owner receive this resource in full? Passes the
-/// same read filter as every read path (`auth`); `None`: send it id-only.
+/// The member that created a subscription, as the [`Caller`] its
+/// notifications are filtered for; `None`: created by the operator or a
+/// system source (unrestricted).
+pub fn owner_caller(sub: &SubRow) -> Option<Caller> {
+    let member = sub.owner.clone()?;
+    let member_type: MemberType = serde_json::from_value(Value::String(sub.owner_type.clone()?)).ok()?;
+    Some(Caller { client_id: format!("subscription:{}", sub.sub_id), member: Some(member), member_type, scopes: vec![], purpose_of_use: None })
+}
+
+/// May `caller` receive this stored resource in full? The one decision
+/// point of this module; it must agree with the read path's filter.
+/// Operators and integration engines: yes. Members: not until the care
+/// relationship / Consent filter (`auth`, issue 7) is plugged in here —
+/// they get the event id-only and read the resource through the read
+/// path, which applies that filter. Insurers never get patient data.
+fn may_receive(caller: &Caller, _rtype: &str, _id: &str, _body: &[u8]) -> bool {
+    matches!(caller.member_type, MemberType::Operator | MemberType::IntegrationEngine)
+}
+
+/// The focus of an event as sent in a full-resource notification: the
+/// version the event is about, if the subscription's owner may see it;
+/// `None`: the entry goes out id-only.
 pub async fn visible(services: &Services, sub: &SubRow, e: &Event) -> Option<Value> {
     let row = services.store.vread(&e.rtype, &e.rid, e.version).await.ok()??;
     let body = row.body?;
-    let _ = sub;
+    if let Some(c) = owner_caller(sub) {
+        if !may_receive(&c, &e.rtype, &e.rid, &body) {
+            return None;
+        }
+    }
     serde_json::from_slice(&body).ok()
 }
 

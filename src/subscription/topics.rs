@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn discharge_fires_on_transition_to_finished_only() {
-        let t = topics().get("http://carebridge.example.org/fhir/SubscriptionTopic/encounter-discharge").unwrap();
+        let t = topics().get("https://carebridge.example/fhir/SubscriptionTopic/encounter-discharge").unwrap();
         let ip = json!({"resourceType":"Encounter","status":"in-progress"});
         let fin = json!({"resourceType":"Encounter","status":"finished"});
         assert!(t.fires("Encounter", Some(&ip), Some(&fin)));
@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn every_shipped_topic_parses() {
         assert_eq!(topics().all.len(), SHIPPED.len());
-        let ts = topics().get("http://carebridge.example.org/fhir/SubscriptionTopic/task-status-changed").unwrap();
+        let ts = topics().get("https://carebridge.example/fhir/SubscriptionTopic/task-status-changed").unwrap();
         let a = json!({"resourceType":"Task","status":"requested"});
         let b = json!({"resourceType":"Task","status":"accepted"});
         assert!(ts.fires("Task", Some(&a), Some(&b)));

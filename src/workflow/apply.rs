@@ -27,7 +27,7 @@ use crate::services::Services;
 use serde_json::{json, Value};
 
 /// Member types as codes (roles of CareTeam participants and plan actions).
-pub const MEMBER_TYPE_SYSTEM: &str = "http://carebridge.example.org/fhir/CodeSystem/member-type";
+pub const MEMBER_TYPE_SYSTEM: &str = "https://carebridge.example/fhir/CodeSystem/member-type";
 
 /// Inputs of `$apply` (R4 parameters `subject`, `encounter`, `organization`,
 /// plus `careTeam`, carebridge's parameter naming the patient's CareTeam).

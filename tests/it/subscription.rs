@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const DISCHARGE: &str = "http://carebridge.example.org/fhir/SubscriptionTopic/encounter-discharge";
-pub const REFERRAL: &str = "http://carebridge.example.org/fhir/SubscriptionTopic/referral-received";
-pub const TASK_STATUS: &str = "http://carebridge.example.org/fhir/SubscriptionTopic/task-status-changed";
+pub const DISCHARGE: &str = "https://carebridge.example/fhir/SubscriptionTopic/encounter-discharge";
+pub const REFERRAL: &str = "https://carebridge.example/fhir/SubscriptionTopic/referral-received";
+pub const TASK_STATUS: &str = "https://carebridge.example/fhir/SubscriptionTopic/task-status-changed";
 const BP: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
 
 /// A subscriber endpoint: records every notification Bundle it accepts;
@@ -363,4 +363,25 @@ async fn delivery_reliability() {
     assert_eq!(r.gateway_restarts, 1);
     assert_eq!(r.receiver_restarts, 1);
     assert!(r.failed_requests > 0, "the receiver failed some requests: {r}");
+}
+
+/// A member's full-resource subscription: the focus goes out id-only until
+/// the access filter decides for members (the subscriber reads it through
+/// the filtered read path); the operator's gets the resource.
+#[tokio::test]
+async fn member_subscription_gets_id_only() {
+    use carebridge::auth::{Caller, MemberType};
+    use carebridge::pipeline::{Entry, Method, Pipeline};
+    let s = TestServer::start(Backend::Sqlite).await;
+    let rx = Receiver::start().await;
+    let gp = Caller { client_id: "gp".into(), member: Some("gp".into()), member_type: MemberType::GpPractice, scopes: vec![], purpose_of_use: None };
+    let e = Entry { method: Method::Post, url: "Subscription".into(), full_url: None, resource: Some(subscription(DISCHARGE, None, &rx.url, "full-resource")), if_none_exist: None, if_match: None };
+    Pipeline::single(&s.services).by(&gp).transaction(vec![e]).await.unwrap();
+    assert_eq!(put_json(&s, "Encounter/m1", &encounter("m1", "pm", "finished")).await.status, 201);
+    let (nums, _) = rx.wait_events(1, Duration::from_secs(5)).await;
+    assert_eq!(nums, vec![1]);
+    let b = &rx.events()[0];
+    assert!(b["entry"][1]["fullUrl"].as_str().unwrap().ends_with("Encounter/m1"));
+    assert!(b["entry"][1].get("resource").is_none(), "no patient data to a member without the access filter's permission");
+    s.stop().await;
 }

@@ -220,7 +220,7 @@ async fn discharge_to_home_care_postgres() {
     discharge_suite(Backend::Postgres).await;
 }
 
-const MT: &str = "http://carebridge.example.org/fhir/CodeSystem/member-type";
+const MT: &str = "https://carebridge.example/fhir/CodeSystem/member-type";
 
 async fn standards_suite(backend: Backend) {
     let s = TestServer::start(backend).await;
@@ -239,16 +239,16 @@ async fn standards_suite(backend: Backend) {
             {"role": [{"coding": [{"system": MT, "code": "nursing-service"}]}], "member": {"reference": "Organization/nursing"}}]})).await;
 
     // bad requests
-    assert_outcome(&get(&s, "PlanDefinition/heart-failure-follow-up/$apply").await, 400);
+    assert_outcome(&get(&s, "PlanDefinition/hf-discharge-gp-followup/$apply").await, 400);
     assert_outcome(&get(&s, "PlanDefinition/no-such-plan/$apply?subject=Patient/hf1").await, 404);
-    assert_outcome(&get(&s, "PlanDefinition/heart-failure-follow-up/$apply?subject=Patient/nobody").await, 422);
+    assert_outcome(&get(&s, "PlanDefinition/hf-discharge-gp-followup/$apply?subject=Patient/nobody").await, 422);
 
-    let r = get(&s, "PlanDefinition/heart-failure-follow-up/$apply?subject=Patient/hf1&careTeam=CareTeam/team-hf1&organization=Organization/hospital").await;
+    let r = get(&s, "PlanDefinition/hf-discharge-gp-followup/$apply?subject=Patient/hf1&careTeam=CareTeam/team-hf1&organization=Organization/hospital").await;
     assert_eq!(r.status, 201, "{}", r.text);
     let cp = r.json();
     assert_eq!(cp["resourceType"], "CarePlan");
     assert!(r.header("location").unwrap().contains(&format!("CarePlan/{}", cp["id"].as_str().unwrap())));
-    assert_eq!(cp["instantiatesCanonical"][0], "http://carebridge.example.org/fhir/PlanDefinition/heart-failure-follow-up|1.0.0");
+    assert_eq!(cp["instantiatesCanonical"][0], "https://carebridge.example/fhir/PlanDefinition/hf-discharge-gp-followup|1.0.0");
     assert_eq!(cp["careTeam"][0]["reference"], "CareTeam/team-hf1");
     assert_eq!(cp["activity"].as_array().unwrap().len(), 3);
     let cp_id = cp["id"].as_str().unwrap();
@@ -259,7 +259,7 @@ async fn standards_suite(backend: Backend) {
     let gp_task = by_code("gp-follow-up");
     assert_eq!(gp_task["owner"]["reference"], "Organization/gp");
     assert_eq!(gp_task["requester"]["reference"], "Organization/hospital");
-    assert_eq!(gp_task["instantiatesCanonical"], "http://carebridge.example.org/fhir/ActivityDefinition/hf-gp-visit|1.0.0");
+    assert_eq!(gp_task["instantiatesCanonical"], "https://carebridge.example/fhir/ActivityDefinition/hf-gp-visit|1.0.0");
     assert!(gp_task["restriction"]["period"]["end"].is_string(), "due within 7 days");
     let nurse_task = by_code("nursing-home-visit");
     assert_eq!(nurse_task["owner"]["reference"], "Organization/nursing");

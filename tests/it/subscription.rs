@@ -304,6 +304,7 @@ async fn retry_suite(backend: Backend) {
     // the fifth attempt succeeds: every event, in order, and active again
     let (nums, _) = rx.wait_events(5, Duration::from_secs(20)).await;
     assert_eq!(nums, vec![1, 2, 3, 4, 5], "every event once, in order");
+    assert!(rx.requests.load(Ordering::SeqCst) >= 5, "four failed attempts, then the delivery");
     // (the state is recorded right after the endpoint's answer)
     let t0 = Instant::now();
     loop {

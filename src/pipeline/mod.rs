@@ -477,7 +477,7 @@ impl<'a> Pipeline<'a> {
         }
 
         // workflow rules on the resolved changes (Task state machine, who may move it)
-        for p in &planned {
+        for p in planned.iter().filter(|p| !p.matched) {
             if let (Some(new), Some(id)) = (p.resource.as_ref(), p.id.as_ref()) {
                 let prev = p.current.as_ref().filter(|c| !c.deleted).and_then(|c| c.body.as_ref());
                 crate::workflow::check_change(&p.rtype, id, prev, new, self.caller.as_ref()).map_err(|e| self.at(e.into(), p.index))?;

@@ -235,6 +235,17 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Read and search p99 unfiltered vs. with care-relationship and Consent checks (in-process gateway)
+    Access {
+        #[arg(long, default_value_t = 2000)]
+        patients: usize,
+        #[arg(long, default_value_t = 5)]
+        per_patient: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 fn init_logs() {
@@ -273,10 +284,12 @@ async fn main() -> ExitCode {
                     max_body_bytes: max_body_bytes.or(file.server.max_body_bytes).unwrap_or(ApiConfig::default().max_body_bytes),
                     hl7,
                     mappings_dir: mappings.or(file.import.mappings_dir.map(PathBuf::from)),
+                    dev_callers: false,
                 },
                 validation,
                 packs: packs_or(packs, &file_packs),
                 mpi: file.mpi.clone(),
+                access: file.access.clone(),
             };
             serve(opts, &listen, mllp.as_deref()).await
         }
@@ -291,6 +304,7 @@ async fn main() -> ExitCode {
                         validation: Default::default(),
                         packs: packs_or(vec![], &file_packs),
                         mpi: file.mpi.clone(),
+                access: file.access.clone(),
                     };
                     server::services(&opts).await.map(cli::load::Target::Store).map_err(|e| e.to_string())
                 }
@@ -327,6 +341,7 @@ async fn main() -> ExitCode {
                         validation: Default::default(),
                         packs: packs_or(vec![], &file_packs),
                         mpi: file.mpi.clone(),
+                access: file.access.clone(),
                     };
                     let mappings_dir = mappings.or(file.import.mappings_dir.map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("mappings"));
                     server::services(&opts).await.map(|services| cli::import::Target::Store { services, mappings_dir }).map_err(|e| e.to_string())
@@ -381,6 +396,9 @@ async fn main() -> ExitCode {
             }
             BenchCmd::Search { server, observations, concurrency, seconds } => {
                 cli::bench::search(server, observations, concurrency, seconds).await
+            }
+            BenchCmd::Access { patients, per_patient, concurrency, seconds } => {
+                cli::bench::access(patients, per_patient, concurrency, seconds).await
             }
         },
     };

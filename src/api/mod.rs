@@ -10,6 +10,7 @@
 //!
 //! Invariant: no handler writes to the store except through `pipeline`.
 
+mod access;
 mod bundle;
 mod crud;
 pub mod error;
@@ -44,11 +45,18 @@ pub struct ApiConfig {
     pub hl7: crate::ingest::hl7v2::Hl7Config,
     /// CSV/JSON import mapping files (`<institution>.toml`); `None`: `mappings/` if it exists.
     pub mappings_dir: Option<std::path::PathBuf>,
+    /// Tests and benchmarks only: act as the caller named in `X-Dev-Caller`
+    /// (`<member-type> <member-id>`, purpose of use from
+    /// `X-Purpose-Of-Use`; see `auth::Caller::dev_member`) until token
+    /// authentication exists. No configuration key, environment variable or
+    /// flag sets it, and the server refuses to start with it on a
+    /// non-loopback address.
+    pub dev_callers: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024, hl7: Default::default(), mappings_dir: None }
+        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024, hl7: Default::default(), mappings_dir: None, dev_callers: false }
     }
 }
 
@@ -161,8 +169,19 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
         bytes::Bytes::new()
     };
     let pretty = query.iter().any(|(k, v)| k == "_pretty" && v == "true");
-    let r = Req { method: parts.method.clone(), base: base_url(&app.config, &parts.headers), segs, query, headers: parts.headers, body, pretty, caller: crate::auth::Caller::dev_operator() };
+    let caller = if app.config.dev_callers { dev_caller(&parts.headers)? } else { crate::auth::Caller::dev_operator() };
+    let r = Req { method: parts.method.clone(), base: base_url(&app.config, &parts.headers), segs, query, headers: parts.headers, body, pretty, caller };
     route(app, r).await
+}
+
+/// The caller of a development server's request (`ApiConfig::dev_callers`).
+fn dev_caller(headers: &HeaderMap) -> Result<crate::auth::Caller, ApiError> {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    match h("x-dev-caller") {
+        None => Ok(crate::auth::Caller::dev_operator()),
+        Some(spec) => crate::auth::Caller::dev_member(spec, h("x-purpose-of-use"))
+            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, IssueType::Invalid, "X-Dev-Caller: expected '<member-type> <member-id>'")),
+    }
 }
 
 fn method_not_allowed(r: &Req) -> ApiError {

@@ -89,8 +89,8 @@ async fn search_filtered(services: &Services, req: &SearchRequest, access: &mut 
         return Ok(out);
     }
     let start = plan::parse_page(req.page.as_deref())?;
+    // the first round reads what an unfiltered page would; later rounds more
     let mut chunk_req = req.clone();
-    chunk_req.count = FILTER_CHUNK.max(req.count);
     let backwards = matches!(start, Page::Before(_));
     // (row, its raw offset for sorted searches)
     let mut kept: Vec<(ResourceRow, usize)> = vec![];
@@ -116,6 +116,7 @@ async fn search_filtered(services: &Services, req: &SearchRequest, access: &mut 
         if kept.len() > req.count || !more_raw {
             break;
         }
+        chunk_req.count = FILTER_CHUNK.max(req.count);
         cursor = if !req.sort.is_empty() {
             Page::Offset(raw_seen)
         } else if backwards {

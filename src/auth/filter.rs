@@ -207,11 +207,7 @@ impl<'a> Access<'a> {
             Scope::Member(m) => Some(m.clone()),
             _ => None,
         };
-        let records = relationship::person_records(self.services, pid).await?;
-        let facts = Arc::new(relationship::person_facts(self.services, records, member.as_deref(), self.now).await?);
-        for r in &facts.records {
-            self.persons.entry(r.clone()).or_insert_with(|| facts.clone());
-        }
+        let facts = Arc::new(relationship::person_facts(self.services, pid, member.as_deref(), self.now).await?);
         self.persons.insert(pid.to_owned(), facts.clone());
         Ok(facts)
     }
@@ -249,12 +245,17 @@ impl<'a> Access<'a> {
         let member_ref = format!("Organization/{member}");
         let cfg = self.services.access.clone();
         let mut verdict = Verdict::Permit;
+        let mut facts: Option<ResourceFacts<'_>> = None;
         for pid in &patients {
             let person = self.person(pid).await?;
             let related = !cfg.care_relationship || person.relationship.is_some();
-            let a = AccessFacts { member: Some(&member_ref), purpose: self.purpose.as_deref(), now: self.now };
-            let facts = ResourceFacts::of(rtype, id, res);
-            let decision = consent::decide(&person.consents, &a, &facts);
+            let decision = if person.consents.is_empty() {
+                None
+            } else {
+                let a = AccessFacts { member: Some(&member_ref), purpose: self.purpose.as_deref(), now: self.now };
+                let f = facts.get_or_insert_with(|| ResourceFacts::of(rtype, id, res));
+                consent::decide(&person.consents, &a, f)
+            };
             let consented = match decision {
                 Some(d) => d.rule == Rule::Permit,
                 None => cfg.default_policy == DefaultPolicy::OptOut,

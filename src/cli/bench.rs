@@ -648,8 +648,8 @@ pub fn validate(dir: PathBuf, cache: Option<PathBuf>, profiles: &[String], packs
 /// development operator and as a clinical member, whose every response
 /// passes the care-relationship and Consent checks (`auth::filter`). Seeds
 /// `patients` Patients with `per_patient` Observations each, an in-progress
-/// Encounter with the member for every patient and a privacy Consent
-/// (permit with a nested deny) for every second one; an in-process gateway
+/// Encounter with the member and a privacy Consent (permit with a nested
+/// deny) for every patient; an in-process gateway
 /// with dev callers (loopback only). Each pair runs twice, alternating.
 pub async fn access(patients: usize, per_patient: usize, concurrency: usize, seconds: u64) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("carebridge-bench-access-{}", uuid::Uuid::new_v4()));
@@ -684,13 +684,11 @@ pub async fn access(patients: usize, per_patient: usize, concurrency: usize, sec
             put(json!({"resourceType": "Encounter", "id": format!("{pid}-e"), "status": "in-progress",
                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}, "subject": subj,
                 "serviceProvider": {"reference": format!("Organization/{member}")}}));
-            if k % 2 == 0 {
-                put(json!({"resourceType": "Consent", "id": format!("{pid}-c"), "status": "active",
-                    "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
-                    "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}], "patient": subj,
-                    "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
-                    "provision": {"type": "permit", "provision": [{"type": "deny", "code": [{"coding": [{"system": "http://loinc.org", "code": "5195-3"}]}]}]}}));
-            }
+            put(json!({"resourceType": "Consent", "id": format!("{pid}-c"), "status": "active",
+                "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+                "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}], "patient": subj,
+                "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+                "provision": {"type": "permit", "provision": [{"type": "deny", "code": [{"coding": [{"system": "http://loinc.org", "code": "5195-3"}]}]}]}}));
             for j in 0..per_patient {
                 let id = format!("{pid}-o{j}");
                 put(json!({"resourceType": "Observation", "id": id, "status": "final",

@@ -312,6 +312,12 @@ async fn insurer(backend: Backend) {
     assert_eq!(b["total"], 0);
     assert_eq!(as_caller(&s, INSURER, None, "Organization/org-hosp").await.status, 200);
     assert_outcome(&as_caller(&s, INSURER, None, "Patient/rel-enc/$everything").await, 403);
+    // operators and integration engines are not subject to relationships or Consent
+    let all = get(&s, "Observation?_total=accurate").await.json()["total"].clone();
+    for who in ["integration-engine org-ie", "operator org-op"] {
+        assert_eq!(as_caller(&s, who, None, "Observation/rel-enc-obs").await.status, 200, "{who}");
+        assert_eq!(as_caller(&s, who, None, "Observation?_total=accurate").await.json()["total"], all, "{who}");
+    }
     s.stop().await;
 }
 on_both!(insurer_sees_no_patient_data, insurer);

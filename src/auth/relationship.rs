@@ -35,7 +35,7 @@
 use super::consent::{self, PrivacyConsent};
 use crate::fhir::{datetime, reference};
 use crate::services::Services;
-use crate::store::{ResourceRow, Sql, StoreError, RESOURCE_COLUMNS};
+use crate::store::{Sql, StoreError, RESOURCE_COLUMNS};
 use serde_json::Value;
 use std::collections::HashSet;
 
@@ -125,9 +125,7 @@ fn facts_sql(services: &Services, records: &[String], member: Option<&str>) -> S
             }
         }
     }
-    let mut sql = Sql::new(format!(
-        "SELECT {RESOURCE_COLUMNS} FROM resources r WHERE r.deleted = 0 AND r.rkey IN (SELECT rkey FROM idx_reference WHERE rtype IN "
-    ));
+    let mut sql = Sql::new("SELECT r.rtype, r.id, r.body FROM resources r WHERE r.deleted = 0 AND r.rkey IN (SELECT rkey FROM idx_reference WHERE rtype IN ");
     in_list(&mut sql, &types);
     sql.push(" AND param IN ");
     in_list(&mut sql, &params);
@@ -240,15 +238,25 @@ async fn member_practitioners(services: &Services, member: &str) -> Result<HashS
     Ok(out)
 }
 
+struct Candidate {
+    rtype: String,
+    id: String,
+}
+
 /// Relationship and privacy Consents of the person of Patient `pid` for
 /// `member` (an Organization id; `None`: Consents only).
 pub async fn person_facts(services: &Services, pid: &str, member: Option<&str>, now: i64) -> Result<PersonFacts, StoreError> {
     let records = person_records(services, pid).await?;
-    let rows: Vec<ResourceRow> = services.store.query(facts_sql(services, &records, member)).await?;
+    // generic rows: a short keyed lookup the store may run inline
+    let rows = services.store.rows(facts_sql(services, &records, member)).await?;
     let mut facts = PersonFacts { records, ..Default::default() };
     let mut care_teams: Vec<(String, Value)> = vec![];
-    for row in rows {
-        let Some(v) = row.body.as_deref().and_then(|b| serde_json::from_slice::<Value>(b).ok()) else { continue };
+    for cols in rows {
+        let (Some(rtype), Some(id), Some(body)) = (cols.first().and_then(|c| c.as_str()), cols.get(1).and_then(|c| c.as_str()), cols.get(2).and_then(|c| c.as_str())) else {
+            continue;
+        };
+        let row = Candidate { rtype: rtype.to_owned(), id: id.to_owned() };
+        let Ok(v) = serde_json::from_str::<Value>(body) else { continue };
         if row.rtype == "Consent" {
             if let Some(c) = PrivacyConsent::parse(&v) {
                 facts.consents.push(c);

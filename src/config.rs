@@ -24,6 +24,11 @@
 //! [import]
 //! mappings_dir = "mappings"                   # CSV/JSON import mapping files
 //! packs = ["profiles/de-region"]              # optional: regional profile packs
+//! [report]                                    # optional; defaults in report::ReportConfig
+//! min_cell = 5                                # small-cell suppression threshold k
+//! export_dir = "data/export"                  # Bulk Data NDJSON files
+//! export_ttl_secs = 86400
+//! pseudonym_key = "…"                         # keyed hash of de-identified exports
 //! [mpi]                                       # optional; defaults in services::mpi
 //! upper = 19.0
 //! lower = 11.0
@@ -72,6 +77,9 @@ pub struct FileConfig {
     /// (see `services::access` for the keys and defaults)
     #[serde(default)]
     pub access: crate::services::access::AccessConfig,
+    /// reports and bulk export (see `report::ReportConfig` for the keys and defaults)
+    #[serde(default)]
+    pub report: crate::report::ReportConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod ingest;
 pub mod pipeline;
 pub mod read;
+pub mod report;
 pub mod search;
 pub mod server;
 pub mod services;

@@ -28,6 +28,8 @@ pub enum ServerError {
     Packs(#[from] crate::validate::packs::PackError),
     #[error("listening on {0}: {1}")]
     Bind(String, std::io::Error),
+    #[error("reports: {0}")]
+    Report(#[from] crate::report::ReportError),
     #[error("import mappings: {0}")]
     Import(#[from] crate::ingest::import::ImportError),
 }
@@ -128,7 +130,7 @@ pub async fn start(services: Services, api_config: ApiConfig, listen: &str) -> R
 pub async fn start_with_mllp(services: Services, api_config: ApiConfig, listen: &str, mllp: Option<&str>) -> Result<Running, ServerError> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| ServerError::Bind(listen.to_owned(), e))?;
     let addr = listener.local_addr().map_err(|e| ServerError::Bind(listen.to_owned(), e))?;
-    if api_config.dev_callers && !addr.ip().is_loopback() {
+    if api_config.dev_caller_header && !addr.ip().is_loopback() {
         let e = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "dev callers are for loopback test servers only");
         return Err(ServerError::Bind(listen.to_owned(), e));
     }
@@ -150,7 +152,13 @@ pub async fn start_with_mllp(services: Services, api_config: ApiConfig, listen: 
         }
         None => None,
     };
-    let app = api::router(Arc::new(AppState { services, config: api_config, hl7, import }));
+    let reports = Arc::new(crate::report::Reports::new(api_config.report.clone(), services.validator.fhirpath_model())?);
+    match crate::report::export::resume(&services, &reports).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(jobs = n, "export jobs resumed"),
+        Err(e) => tracing::error!(error = %e, "export jobs not resumed"),
+    }
+    let app = api::router(Arc::new(AppState { services, config: api_config, hl7, import, reports }));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         let _ = axum::serve(listener, app)

@@ -20,6 +20,7 @@ pub enum ApiError {
     Pipeline(PipelineError),
     Read(ReadError),
     Summary(SummaryError),
+    Report(crate::report::ReportError),
     /// a client error decided by the api layer itself
     Status(StatusCode, OperationOutcome),
 }
@@ -67,6 +68,21 @@ impl ApiError {
             }
             ApiError::Read(ReadError::Store(se)) => {
                 (store_status(se), OperationOutcome::error(IssueType::Exception, "internal storage error"))
+            }
+            ApiError::Report(e) => {
+                use crate::report::ReportError as R;
+                match e {
+                    R::NotFound(m) => (StatusCode::NOT_FOUND, OperationOutcome::error(IssueType::NotFound, m.clone())),
+                    R::Invalid(m) => (StatusCode::BAD_REQUEST, OperationOutcome::error(IssueType::Invalid, m.clone())),
+                    R::Forbidden(m) => (StatusCode::FORBIDDEN, OperationOutcome::error(IssueType::Forbidden, m.clone())),
+                    R::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, OperationOutcome::error(IssueType::Processing, m.clone())),
+                    R::Gone(m) => (StatusCode::NOT_FOUND, OperationOutcome::error(IssueType::NotFound, m.clone())),
+                    R::Store(se) => (store_status(se), OperationOutcome::error(IssueType::Exception, "internal storage error")),
+                    R::Io(m) => {
+                        tracing::error!(error = %m, "export file failure");
+                        (StatusCode::INTERNAL_SERVER_ERROR, OperationOutcome::error(IssueType::Exception, "export file error"))
+                    }
+                }
             }
             ApiError::Summary(SummaryError::UnknownPatient(id)) => {
                 (StatusCode::NOT_FOUND, OperationOutcome::error(IssueType::NotFound, format!("Patient/{id} is not known")))
@@ -123,6 +139,12 @@ impl From<ImportError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueType::Exception, "import configuration error")
             }
         }
+    }
+}
+
+impl From<crate::report::ReportError> for ApiError {
+    fn from(e: crate::report::ReportError) -> Self {
+        ApiError::Report(e)
     }
 }
 

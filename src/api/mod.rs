@@ -23,6 +23,7 @@ pub mod negotiate;
 mod search;
 mod summary;
 mod validate;
+mod report;
 
 use crate::fhir::IssueType;
 use crate::services::Services;
@@ -45,18 +46,19 @@ pub struct ApiConfig {
     pub hl7: crate::ingest::hl7v2::Hl7Config,
     /// CSV/JSON import mapping files (`<institution>.toml`); `None`: `mappings/` if it exists.
     pub mappings_dir: Option<std::path::PathBuf>,
-    /// Tests and benchmarks only: act as the caller named in `X-Dev-Caller`
-    /// (`<member-type> <member-id>`, purpose of use from
-    /// `X-Purpose-Of-Use`; see `auth::Caller::dev_member`) until token
-    /// authentication exists. No configuration key, environment variable or
-    /// flag sets it, and the server refuses to start with it on a
-    /// non-loopback address.
-    pub dev_callers: bool,
+    /// reports and bulk export (`[report]`)
+    pub report: crate::report::ReportConfig,
+    /// Take the caller from the `X-Carebridge-Dev-Caller` header
+    /// (`client_id;member-type[;member]`, purpose of use from
+    /// `X-Purpose-Of-Use`). Tests and `bench access` only — never set by
+    /// configuration, and the server refuses it on a non-loopback address;
+    /// authentication replaces it.
+    pub dev_caller_header: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024, hl7: Default::default(), mappings_dir: None, dev_callers: false }
+        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024, hl7: Default::default(), mappings_dir: None, report: Default::default(), dev_caller_header: false }
     }
 }
 
@@ -67,6 +69,8 @@ pub struct AppState {
     pub hl7: crate::ingest::hl7v2::Hl7Config,
     /// CSV/JSON import: one mapping per institution
     pub import: crate::ingest::import::Mappings,
+    /// measures, report facts, export jobs
+    pub reports: Arc<crate::report::Reports>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -146,7 +150,13 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
     let is_v2 = parts.uri.path().trim_matches('/') == "hl7v2";
     // CSV/JSON import checks its own Content-Type (415 there)
     let is_import = parts.uri.path().trim_matches('/').starts_with("import/");
-    if !is_v2 {
+    // CSV reports and NDJSON export files negotiate their own formats
+    let raw_path = parts.uri.path().trim_matches('/');
+    let own_format = raw_path.starts_with("_export/file/")
+        || (raw_path.ends_with("$evaluate-measure")
+            && (matches!(format, Some("csv" | "text/csv"))
+                || parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.trim_start().starts_with("text/csv"))));
+    if !is_v2 && !own_format {
         negotiate::check_accept(&parts.headers, format)?;
     }
     let path = parts.uri.path().trim_matches('/');
@@ -169,19 +179,34 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
         bytes::Bytes::new()
     };
     let pretty = query.iter().any(|(k, v)| k == "_pretty" && v == "true");
-    let caller = if app.config.dev_callers { dev_caller(&parts.headers)? } else { crate::auth::Caller::dev_operator() };
+    let caller = dev_caller(&app.config, &parts.headers);
     let r = Req { method: parts.method.clone(), base: base_url(&app.config, &parts.headers), segs, query, headers: parts.headers, body, pretty, caller };
     route(app, r).await
 }
 
-/// The caller of a development server's request (`ApiConfig::dev_callers`).
-fn dev_caller(headers: &HeaderMap) -> Result<crate::auth::Caller, ApiError> {
-    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    match h("x-dev-caller") {
-        None => Ok(crate::auth::Caller::dev_operator()),
-        Some(spec) => crate::auth::Caller::dev_member(spec, h("x-purpose-of-use"))
-            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, IssueType::Invalid, "X-Dev-Caller: expected '<member-type> <member-id>'")),
+/// The caller of a request: the development operator, or (tests only, when
+/// `ApiConfig::dev_caller_header` is set) the `X-Carebridge-Dev-Caller`
+/// header `client_id;member-type[;member]`.
+fn dev_caller(cfg: &ApiConfig, headers: &HeaderMap) -> crate::auth::Caller {
+    let mut c = crate::auth::Caller::dev_operator();
+    if !cfg.dev_caller_header {
+        return c;
     }
+    if let Some(h) = headers.get("x-carebridge-dev-caller").and_then(|v| v.to_str().ok()) {
+        let mut it = h.split(';').map(str::trim);
+        if let Some(id) = it.next().filter(|s| !s.is_empty()) {
+            c.client_id = id.to_owned();
+        }
+        if let Some(t) = it.next() {
+            if let Some(mt) = crate::auth::MemberType::ALL.iter().find(|m| m.as_str() == t) {
+                c.member_type = *mt;
+            }
+        }
+        c.member = it.next().map(str::to_owned);
+        // the purpose of use the request asserts (break-glass: ETREAT, BTG)
+        c.purpose_of_use = headers.get("x-purpose-of-use").and_then(|v| v.to_str().ok()).map(|p| p.trim().to_owned()).filter(|p| !p.is_empty());
+    }
+    c
 }
 
 fn method_not_allowed(r: &Req) -> ApiError {
@@ -227,6 +252,9 @@ async fn route(app: &AppState, r: Req) -> Result<Response, ApiError> {
         ["hl7v2"] => Err(method_not_allowed(&r)),
         ["import", inst] if m == Method::POST => import::post(app, &r, inst).await,
         ["import", _] => Err(method_not_allowed(&r)),
+        ["$export"] => report::export_kickoff(app, &r, "system", None).await,
+        ["_export", "status", id] => report::export_status(app, &r, id).await,
+        ["_export", "file", id, name] => report::export_file(app, &r, id, name).await,
         [t, ..] if t.starts_with('$') || t.starts_with('_') => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             IssueType::NotSupported,
@@ -241,6 +269,16 @@ async fn route(app: &AppState, r: Req) -> Result<Response, ApiError> {
                 Method::DELETE => crud::conditional_delete(app, &r, t).await,
                 _ => Err(method_not_allowed(&r)),
             }
+        }
+        ["Patient", "$export"] => report::export_kickoff(app, &r, "patient", None).await,
+        ["Group", id, "$export"] => {
+            check_id(id)?;
+            report::export_kickoff(app, &r, "group", Some(id)).await
+        }
+        ["Measure", "$evaluate-measure"] => report::evaluate_measure(app, &r, None).await,
+        ["Measure", id, "$evaluate-measure"] => {
+            check_id(id)?;
+            report::evaluate_measure(app, &r, Some(id)).await
         }
         ["Patient", "$match"] => mpi::patient_match(app, &r).await,
         ["Patient", "$ihe-pix"] => mpi::ihe_pix(app, &r).await,

@@ -105,25 +105,6 @@ impl Caller {
         self.member_type == MemberType::Insurer
     }
 
-    /// A fixed caller named by a test or benchmark request (development
-    /// servers only: `api::ApiConfig::dev_callers`, which no configuration
-    /// key or flag sets). `spec` is `<member-type> <member-id>` as in
-    /// `X-Dev-Caller: gp-practice org-gp`; `purpose` the
-    /// `X-Purpose-Of-Use` value. `None` for an unknown member type.
-    pub fn dev_member(spec: &str, purpose: Option<&str>) -> Option<Caller> {
-        let mut it = spec.split_whitespace();
-        let t = it.next()?;
-        let member_type = MemberType::ALL.into_iter().find(|m| m.as_str() == t)?;
-        let member = it.next().map(str::to_owned);
-        Some(Caller {
-            client_id: format!("dev-{t}"),
-            member,
-            member_type,
-            scopes: vec!["system/*.rs".into()],
-            purpose_of_use: purpose.map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()),
-        })
-    }
-
     /// `Organization/{member}` when the caller belongs to a member.
     pub fn member_reference(&self) -> Option<String> {
         self.member.as_ref().map(|m| format!("Organization/{m}"))

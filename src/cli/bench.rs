@@ -144,8 +144,8 @@ async fn load_generator(base: &str, urls: Arc<Vec<String>>, concurrency: usize, 
     load_generator_as(base, urls, concurrency, duration, None).await
 }
 
-/// [`load_generator`] with `X-Dev-Caller: caller` on every request (a
-/// development gateway, `ApiConfig::dev_callers`).
+/// [`load_generator`] with `X-Carebridge-Dev-Caller: caller` on every request (a
+/// development gateway, `ApiConfig::dev_caller_header`).
 async fn load_generator_as(base: &str, urls: Arc<Vec<String>>, concurrency: usize, duration: Duration, caller: Option<&str>) -> (usize, usize, Vec<u64>) {
     let c = client();
     let caller = caller.map(str::to_owned);
@@ -162,7 +162,7 @@ async fn load_generator_as(base: &str, urls: Arc<Vec<String>>, concurrency: usiz
                 let t = Instant::now();
                 let mut rb = c.get(format!("{base}/{}", urls[i]));
                 if let Some(who) = &caller {
-                    rb = rb.header("x-dev-caller", who.as_str());
+                    rb = rb.header("x-carebridge-dev-caller", who.as_str());
                 }
                 match rb.send().await {
                     Ok(r) if r.status().is_success() => {
@@ -657,7 +657,7 @@ pub async fn access(patients: usize, per_patient: usize, concurrency: usize, sec
     let opts = crate::server::ServerOptions {
         database_url: format!("sqlite:{}", dir.join("bench.db").display()),
         package_cache: None,
-        api: crate::api::ApiConfig { dev_callers: true, ..Default::default() },
+        api: crate::api::ApiConfig { dev_caller_header: true, ..Default::default() },
         validation: crate::services::ValidationMode::Off,
         packs: vec![],
         mpi: Default::default(),
@@ -701,7 +701,7 @@ pub async fn access(patients: usize, per_patient: usize, concurrency: usize, sec
         post_tx(&c, &t.base, entries).await?;
     }
     println!("seeded {patients} patients x {per_patient} Observations in {:.1} s", started.elapsed().as_secs_f64());
-    let who = format!("hospital {member}");
+    let who = format!("bench;hospital;{member}");
     for (name, urls) in [("read", Arc::new(reads)), ("search", Arc::new(searches))] {
         let (mut plain, mut checked) = (vec![], vec![]);
         for round in 0..2 {

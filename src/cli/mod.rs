@@ -3,12 +3,16 @@
 //! (offline validation with a readable report and exit status), `import`
 //! (a CSV/JSON export through an institution's mapping) and `bench`
 //! (throughput/latency benchmarks that print figures; never timed tests;
-//! `bench_link.rs`: the master patient index's quality and speed).
+//! `bench_link.rs`: the master patient index's quality and speed;
+//! `bench_report.rs`: measures and bulk export over generated patients),
+//! `report` (a measure over a store, with a progress bar).
 
 pub mod bench;
 pub mod bench_link;
+pub mod bench_report;
 pub mod import;
 pub mod load;
+pub mod report;
 pub mod de_variant;
 pub mod validate;
 

@@ -113,6 +113,7 @@ pub(crate) enum Func {
     MemberOf,
     HtmlChecks,
     LowBoundary,
+    Duration,
     HighBoundary,
     Precision,
     Comparable,
@@ -218,6 +219,7 @@ const TABLE: &[(&str, Func, usize, usize)] = &[
     ("htmlChecks", Func::HtmlChecks, 0, 0),
     ("htmlchecks", Func::HtmlChecks, 0, 0),
     ("lowBoundary", Func::LowBoundary, 0, 1),
+    ("duration", Func::Duration, 2, 2),
     ("highBoundary", Func::HighBoundary, 0, 1),
     ("precision", Func::Precision, 0, 0),
     ("comparable", Func::Comparable, 1, 1),
@@ -693,7 +695,7 @@ impl<'a, 'c> Evaluator<'a, 'c> {
             Abs | Ceiling | Floor | Truncate | Round | Exp | Ln | Sqrt | Log | Power => self.call_math(&c, input),
             Children | Descendants => self.call_tree(&c, input),
             Trace | Now | Today | TimeOfDay | Aggregate | Is | As | Type | Not => self.call_utility(&c, input),
-            Extension | HasExtension | HasValue | GetValue | Resolve | ConformsTo | MemberOf | HtmlChecks | LowBoundary | HighBoundary | Precision | Comparable | Sort | Sum | Min | Max | Avg => self.call_fhir(&c, input),
+            Extension | HasExtension | HasValue | GetValue | Resolve | ConformsTo | MemberOf | HtmlChecks | LowBoundary | HighBoundary | Duration | Precision | Comparable | Sort | Sum | Min | Max | Avg => self.call_fhir(&c, input),
         }
     }
 
@@ -1286,6 +1288,20 @@ impl<'a, 'c> Evaluator<'a, 'c> {
             }
             MemberOf => err("memberOf() is not supported: no terminology service is available to the FHIRPath engine"),
             HtmlChecks => boolean(true),
+            Duration => {
+                // FHIRPath 3.0 (STU) `duration(value, precision)`: whole calendar
+                // periods from the input to `value` (negative when earlier); empty
+                // when either side is empty or not a date/date-time.
+                let Some(v) = single(&input, "duration()")? else { return Ok(Vec::new()) };
+                let Some(o) = self.arg_single(args, 0, focus, fr, f)? else { return Ok(Vec::new()) };
+                let Some(unit) = self.arg_string(args, 1, focus, fr, f)? else { return Ok(Vec::new()) };
+                let as_dt = |x: Value<'a>| match x.to_system() {
+                    Value::Date(d) | Value::DateTime(d) => Some(d),
+                    _ => None,
+                };
+                let (Some(a), Some(b)) = (as_dt(v.clone()), as_dt(o)) else { return Ok(Vec::new()) };
+                Ok(super::datetime::whole_periods(&a, &b, unit.trim_end_matches('s')).map(Value::Integer).into_iter().collect())
+            }
             LowBoundary | HighBoundary => {
                 let Some(v) = single(&input, fname(f))? else { return Ok(Vec::new()) };
                 let p = self.arg_int(args, 0, focus, fr, f)?;

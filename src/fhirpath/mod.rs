@@ -92,7 +92,7 @@ mod value;
 #[cfg(test)]
 mod tests;
 
-pub use datetime::{DateTimeValue, DtPrecision, TimeValue};
+pub use datetime::{parse_datetime, DateTimeValue, DtPrecision, TimeValue};
 pub use model::{ElementInfo, ModelInfo};
 pub use quantity::Quantity;
 pub use value::{Node, TypeInfoValue, Value};
@@ -188,6 +188,14 @@ impl<'a> EvalContext<'a> {
         self.variables.insert(name.into(), value);
         self
     }
+}
+
+/// A FHIR resource (or any JSON element with a `resourceType`) as a FHIRPath value, typed
+/// from its `resourceType` — for `%name` variables in [`EvalContext::variables`] (e.g. the
+/// measure evaluation context of `report`). Borrows `json`.
+pub fn resource_value<'a>(model: &'a ModelInfo, json: &'a JsonValue) -> Value<'a> {
+    let ctx = EvalContext::new(model, json);
+    eval::Evaluator::new(&ctx).json_node(json)
 }
 
 impl Expression {

@@ -24,7 +24,12 @@
 //! merged source. Resources the entries reference (Medication,
 //! Practitioner, Organization, Encounter, …; one level, via the reference
 //! search index) are included so the document is self-contained; the
-//! Composition's author is the gateway's own Organization.
+//! Composition's author is the gateway's own Organization. The IPS Bundle
+//! profile allows exactly one Patient entry: the document carries the
+//! subject's record only, and references in the included resources to the
+//! person's other records are pointed at the subject (those resources are
+//! re-serialized; all others go in as the stored bytes). `$everything`
+//! returns every record unchanged.
 //!
 //! Both views are built only from what the caller's access filter permits
 //! (`auth::filter`): a subject Patient the caller may not see fails with
@@ -58,6 +63,111 @@ pub enum SummaryError {
     Identity(#[from] crate::identity::IdentityError),
     #[error(transparent)]
     Access(#[from] AccessError),
+}
+
+/// The elements of a stored resource that sections, labels and
+/// de-duplication look at (status, codes, subject, clinical times, value),
+/// parsed into a `Value`; the rest (narrative, extensions, components …) is
+/// only skipped over, which makes a summary of 500 resources several times
+/// cheaper than parsing each whole.
+fn slim(body: &[u8]) -> Result<Value, serde_json::Error> {
+    const KEEP: &[&str] = &[
+        "resourceType", "id", "status", "verificationStatus", "clinicalStatus", "category", "code", "vaccineCode",
+        "medicationCodeableConcept", "medicationReference", "subject", "patient", "title", "valueQuantity", "valueString",
+        "recordedDate", "issued", "dateAsserted", "authoredOn", "abatementDateTime",
+    ];
+    const KEEP_PREFIX: &[&str] = &["onset", "effective", "performed", "occurrence"];
+    let top: Vec<(&str, &serde_json::value::RawValue)> = match serde_json::from_slice::<TopLevel<'_>>(body) {
+        Ok(t) => t.0,
+        Err(_) => return serde_json::from_slice(body), // e.g. escaped keys: parse it whole
+    };
+    let mut m = Map::new();
+    for (k, raw) in top {
+        if KEEP.contains(&k) || KEEP_PREFIX.iter().any(|p| k.starts_with(p)) {
+            m.insert(k.to_owned(), serde_json::from_str(raw.get())?);
+        }
+    }
+    Ok(Value::Object(m))
+}
+
+/// A JSON object's members, borrowed and unparsed.
+struct TopLevel<'a>(Vec<(&'a str, &'a serde_json::value::RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for TopLevel<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = TopLevel<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<TopLevel<'a>, A::Error> {
+                let mut v = Vec::with_capacity(16);
+                while let Some((k, raw)) = a.next_entry::<&'de str, &'de serde_json::value::RawValue>()? {
+                    v.push((k, raw));
+                }
+                Ok(TopLevel(v))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// `body` with every `reference` to one of `others` (the person's other
+/// records, `Patient/<id>`, relative or absolute) pointed at `subject`;
+/// `None` when it has none (the stored bytes are used as they are).
+fn retarget(body: &[u8], others: &[String], subject: &str) -> Option<Vec<u8>> {
+    if others.is_empty() || !others.iter().any(|o| memchr::memmem::find(body, o.as_bytes()).is_some()) {
+        return None;
+    }
+    // the usual case, relative references only: replace the whole JSON strings
+    // `"Patient/<other>"` in the bytes (keys and order untouched)
+    let absolute = others.iter().any(|o| {
+        let n = memchr::memmem::find_iter(body, o.as_bytes()).count();
+        let quoted = memchr::memmem::find_iter(body, format!("\"{o}\"").as_bytes()).count();
+        n != quoted
+    });
+    if !absolute {
+        let mut out = body.to_vec();
+        for o in others {
+            let from = format!("\"{o}\"");
+            let to = format!("\"{subject}\"");
+            let mut next = Vec::with_capacity(out.len());
+            let mut last = 0;
+            for i in memchr::memmem::find_iter(&out, from.as_bytes()) {
+                next.extend_from_slice(&out[last..i]);
+                next.extend_from_slice(to.as_bytes());
+                last = i + from.len();
+            }
+            next.extend_from_slice(&out[last..]);
+            out = next;
+        }
+        return Some(out);
+    }
+    fn walk(v: &mut Value, others: &[String], subject: &str, changed: &mut bool) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    if k == "reference" {
+                        if let Value::String(r) = x {
+                            if others.iter().any(|o| r == o || (r.ends_with(o.as_str()) && r[..r.len() - o.len()].ends_with('/'))) {
+                                *r = subject.to_owned();
+                                *changed = true;
+                            }
+                        }
+                    } else {
+                        walk(x, others, subject, changed);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, others, subject, changed)),
+            _ => {}
+        }
+    }
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let mut changed = false;
+    walk(&mut v, others, subject, &mut changed);
+    if changed { serde_json::to_vec(&v).ok() } else { None }
 }
 
 /// Id of the gateway's own Organization (the IPS Composition's author).
@@ -252,20 +362,24 @@ pub async fn ips(services: &Services, id: &str, base: &str, now_us: i64, access:
     let mut withheld = vec![0usize; SECTIONS.len()];
     for mut r in rows {
         let Some(b) = &r.body else { continue };
-        let v: Value = serde_json::from_slice(b).map_err(|_| SummaryError::Corrupt(format!("{}/{}", r.rtype, r.id)))?;
-        match access.decide(&r.rtype, &r.id, &v).await? {
-            Verdict::Permit => {}
-            Verdict::BreakGlass => {
-                let body = r.body.clone().unwrap_or_default();
-                if let Ok(b) = access.check_bytes(&r.rtype, &r.id, &body).await? {
-                    r.body = Some(b);
+        let v = slim(b).map_err(|_| SummaryError::Corrupt(format!("{}/{}", r.rtype, r.id)))?;
+        if !access.is_unrestricted() {
+            // the access decision needs the whole resource (meta, references, dates)
+            let full: Value = serde_json::from_slice(b).map_err(|_| SummaryError::Corrupt(format!("{}/{}", r.rtype, r.id)))?;
+            match access.decide(&r.rtype, &r.id, &full).await? {
+                Verdict::Permit => {}
+                Verdict::BreakGlass => {
+                    let body = r.body.clone().unwrap_or_default();
+                    if let Ok(b) = access.check_bytes(&r.rtype, &r.id, &body).await? {
+                        r.body = Some(b);
+                    }
                 }
-            }
-            Verdict::Deny(_) => {
-                if let Some(s) = section_of(&r.rtype, &v) {
-                    withheld[s] += 1;
+                Verdict::Deny(_) => {
+                    if let Some(s) = section_of(&r.rtype, &v) {
+                        withheld[s] += 1;
+                    }
+                    continue;
                 }
-                continue;
             }
         }
         parsed.push((r, v));
@@ -394,13 +508,18 @@ pub async fn ips(services: &Services, id: &str, base: &str, now_us: i64, access:
     };
     push(&mut out, "Composition", &comp_id, &serde_json::to_vec(&composition).unwrap_or_default());
     let mut seen: HashSet<(&str, &str)> = HashSet::new();
-    // the subject first, then the linked records, the entries, what they reference
-    for r in patients.iter().filter(|r| r.id == id).chain(patients.iter().filter(|r| r.id != id)).chain(doc_rows.iter()) {
+    // the subject first (IPS: exactly one Patient entry), then the entries and what they
+    // reference, with references to the person's other records pointed at the subject
+    let others: Vec<String> = group.iter().filter(|g| *g != id).map(|g| format!("Patient/{g}")).collect();
+    for r in patients.iter().filter(|r| r.id == id).chain(doc_rows.iter().filter(|r| r.rtype != "Patient")) {
         if !seen.insert((r.rtype.as_str(), r.id.as_str())) {
             continue;
         }
         if let Some(b) = &r.body {
-            push(&mut out, &r.rtype, &r.id, b);
+            match retarget(b, &others, &format!("Patient/{id}")) {
+                Some(rewritten) => push(&mut out, &r.rtype, &r.id, &rewritten),
+                None => push(&mut out, &r.rtype, &r.id, b),
+            }
         }
     }
     if !seen.contains(&("Organization", GATEWAY_ORG)) {
@@ -412,4 +531,33 @@ pub async fn ips(services: &Services, id: &str, base: &str, now_us: i64, access:
     }
     out.extend_from_slice(b"]}");
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retarget_relative_and_absolute_references() {
+        let others = vec!["Patient/b".to_owned()];
+        let body = br#"{"resourceType":"Condition","subject":{"reference":"Patient/b"},"note":[{"text":"Patient/bb"}],"x":1.50}"#;
+        let out = retarget(body, &others, "Patient/a").unwrap();
+        assert_eq!(out, br#"{"resourceType":"Condition","subject":{"reference":"Patient/a"},"note":[{"text":"Patient/bb"}],"x":1.50}"#.to_vec());
+        let abs = br#"{"resourceType":"Condition","subject":{"reference":"http://x/fhir/Patient/b"},"note":[{"text":"see Patient/b"}]}"#;
+        let out: Value = serde_json::from_slice(&retarget(abs, &others, "Patient/a").unwrap()).unwrap();
+        assert_eq!(out["subject"]["reference"], "Patient/a");
+        assert_eq!(out["note"][0]["text"], "see Patient/b", "only references change");
+        assert!(retarget(br#"{"subject":{"reference":"Patient/c"}}"#, &others, "Patient/a").is_none());
+    }
+
+    #[test]
+    fn slim_keeps_what_sections_use() {
+        let body = br#"{"resourceType":"Observation","id":"o","text":{"div":"<div/>"},"status":"final","category":[{"coding":[{"code":"vital-signs"}]}],"code":{"text":"Weight"},"subject":{"reference":"Patient/a"},"effectiveDateTime":"2024-03-05","valueQuantity":{"value":82.50,"unit":"kg"},"component":[]}"#;
+        let v = slim(body).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["resourceType", "id", "status", "category", "code", "subject", "effectiveDateTime", "valueQuantity"]);
+        assert_eq!(section_of("Observation", &v), Some(5));
+        assert_eq!(label("Observation", &v), "Weight 82.50 kg (2024-03-05)");
+        assert!(slim(b"{\"a\":").is_err());
+    }
 }

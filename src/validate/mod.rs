@@ -112,6 +112,11 @@ fn compile_invariants(sd: &StructDef, cache: &mut HashMap<String, Option<Express
 }
 
 impl Validator {
+    /// The FHIRPath type model the validator evaluates invariants with (shared).
+    pub fn fhirpath_model(&self) -> Arc<ModelInfo> {
+        self.fp_model.clone()
+    }
+
     /// Load the core package from the cache (about 20 MB of snapshots).
     pub fn load(cache: &Path) -> Result<Self, ValidateError> {
         let mut model = Model::default();

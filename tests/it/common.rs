@@ -111,10 +111,10 @@ impl TestServer {
         Self::start_inner(backend, api, validation, mllp, validator, policy, Default::default()).await
     }
 
-    /// A server that takes the caller from `X-Dev-Caller` (see
-    /// `ApiConfig::dev_callers`) under the given access policy.
+    /// A server that takes the caller from `X-Carebridge-Dev-Caller` (see
+    /// `ApiConfig::dev_caller_header`) under the given access policy.
     pub async fn start_access(backend: Backend, access: carebridge::services::access::AccessConfig) -> TestServer {
-        let api = ApiConfig { dev_callers: true, ..Default::default() };
+        let api = ApiConfig { dev_caller_header: true, ..Default::default() };
         let validator = crate::validator_suite::validator_arc().await;
         Self::start_inner(backend, api, ValidationMode::Enforce, false, validator, Default::default(), access).await
     }

@@ -140,7 +140,7 @@ async fn client_errors_are_operation_outcomes() {
     assert!(r.text.contains("\"mode\":\"outcome\""), "{}", r.text);
     assert_outcome(&post_json(&s, "", &json!({"resourceType": "Bundle", "type": "collection"})).await, 400);
     assert_outcome(&post_json(&s, "", &json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Patient"}}]})).await, 400);
-    assert_outcome(&get(&s, "$export").await, 404);
+    assert_outcome(&get(&s, "$convert").await, 404);
     s.stop().await;
 }
 

@@ -32,6 +32,10 @@
 //! [mpi]                                       # optional; defaults in services::mpi
 //! upper = 19.0
 //! lower = 11.0
+//! [access]                                    # optional; defaults in services::access
+//! default_policy = "opt-in"                   # or "opt-out": patients without Consent
+//! care_relationship = true                    # clinical members need a care relationship
+//! break_glass = ["ETREAT", "BTG"]             # purpose-of-use codes that break the glass
 //! ```
 //!
 //! Configured identifier systems come before the German defaults
@@ -69,6 +73,10 @@ pub struct FileConfig {
     /// master patient index policy (see `services::mpi` for the keys and defaults)
     #[serde(default)]
     pub mpi: crate::services::mpi::MpiConfig,
+    /// read access policy: Consent default, care relationship, break-glass
+    /// (see `services::access` for the keys and defaults)
+    #[serde(default)]
+    pub access: crate::services::access::AccessConfig,
     /// reports and bulk export (see `report::ReportConfig` for the keys and defaults)
     #[serde(default)]
     pub report: crate::report::ReportConfig,

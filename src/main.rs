@@ -283,6 +283,17 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Read and search p99 unfiltered vs. with care-relationship and Consent checks (in-process gateway)
+    Access {
+        #[arg(long, default_value_t = 2000)]
+        patients: usize,
+        #[arg(long, default_value_t = 5)]
+        per_patient: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Subscription delivery reliability: N events to a receiver failing a share of requests and
     /// restarting once, the gateway (a child `carebridge serve`) killed and restarted mid-way
     Subscriptions {
@@ -347,6 +358,7 @@ async fn main() -> ExitCode {
                 validation,
                 packs: packs_or(packs, &file_packs),
                 mpi: file.mpi.clone(),
+                access: file.access.clone(),
             };
             serve(opts, &listen, mllp.as_deref()).await
         }
@@ -361,6 +373,7 @@ async fn main() -> ExitCode {
                         validation: Default::default(),
                         packs: packs_or(vec![], &file_packs),
                         mpi: file.mpi.clone(),
+                access: file.access.clone(),
                     };
                     server::services(&opts).await.map(cli::load::Target::Store).map_err(|e| e.to_string())
                 }
@@ -397,6 +410,7 @@ async fn main() -> ExitCode {
                         validation: Default::default(),
                         packs: packs_or(vec![], &file_packs),
                         mpi: file.mpi.clone(),
+                access: file.access.clone(),
                     };
                     let mappings_dir = mappings.or(file.import.mappings_dir.map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("mappings"));
                     server::services(&opts).await.map(|services| cli::import::Target::Store { services, mappings_dir }).map_err(|e| e.to_string())
@@ -428,6 +442,7 @@ async fn main() -> ExitCode {
                 validation: Default::default(),
                 packs: vec![],
                 mpi: file.mpi.clone(),
+                access: file.access.clone(),
             };
             let args = cli::report::Args { measure, period_start, period_end, stratify, format, report_type, quiet };
             cli::report::run(&opts, file.report.clone(), args).await
@@ -465,6 +480,9 @@ async fn main() -> ExitCode {
             }
             BenchCmd::Search { server, observations, concurrency, seconds } => {
                 cli::bench::search(server, observations, concurrency, seconds).await
+            }
+            BenchCmd::Access { patients, per_patient, concurrency, seconds } => {
+                cli::bench::access(patients, per_patient, concurrency, seconds).await
             }
             BenchCmd::Subscriptions { events, fail_percent, concurrency, db, no_kill, no_receiver_restart } => {
                 match std::env::current_exe() {

@@ -1,12 +1,26 @@
 //! The one read path: search execution (page, total, `_include`,
 //! `_revinclude` with `:iterate`) over `store` + `search`. Read, vread and
 //! history go straight to the store's keyed lookups. Everything that leaves
-//! the process is read through here or those lookups (the access-control
-//! filter will sit at this boundary).
+//! the process is read through here or those lookups and then passes the
+//! request's access filter (`auth::filter::Access`).
 //!
 //! Follows R4 `search.html` (§3.1.1.4 paging, §3.1.1.5.5 `_include`/
 //! `_revinclude`, §3.1.1.5.6 `_total`).
+//!
+//! Filtered search (a caller the filter restricts): the page is filled by
+//! reading matches in storage order in chunks and keeping only permitted
+//! rows until `_count` + 1 are found, so pages are full and `next` exists
+//! only when a further permitted match does. Page tokens keep their meaning
+//! (`a`/`b` = after/before a storage key; `o` = offset among the raw
+//! matches of a sorted search, where `previous` is left out). `total` (and
+//! `_summary=count`) counts the permitted matches, by scanning every match
+//! in chunks, so it always equals what paging returns. Included resources
+//! pass the same filter.
+//!
+//! Invariant: with a restricted caller, no row leaves `search` without the
+//! filter's permit; `total` counts exactly the rows paging can return.
 
+use crate::auth::filter::{Access, AccessError};
 use crate::search::params::{Include, SearchRequest, Summary, Total};
 use crate::search::plan::{self, Page};
 use crate::search::SearchError;
@@ -20,6 +34,8 @@ pub enum ReadError {
     Search(#[from] SearchError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
 }
 
 /// Max resources added by `_include`/`_revinclude` to one page.
@@ -34,7 +50,124 @@ pub struct SearchOutcome {
     pub prev: Option<String>,
 }
 
-pub async fn search(services: &Services, req: &SearchRequest) -> Result<SearchOutcome, ReadError> {
+/// Raw matches read per round while filling a filtered page or counting.
+const FILTER_CHUNK: usize = 200;
+
+/// Run a search for the request's caller (`access`): unrestricted callers
+/// take the direct path; restricted ones see only permitted rows.
+pub async fn search(services: &Services, req: &SearchRequest, access: &mut Access<'_>) -> Result<SearchOutcome, ReadError> {
+    if access.is_unrestricted() {
+        return search_unfiltered(services, req).await;
+    }
+    search_filtered(services, req, access).await
+}
+
+/// The permitted matches of `req` among all of them (`total` for restricted callers).
+async fn count_permitted(services: &Services, req: &SearchRequest, access: &mut Access<'_>) -> Result<i64, ReadError> {
+    let mut scan = req.clone();
+    scan.sort.clear();
+    scan.count = FILTER_CHUNK;
+    let mut after: Option<i64> = None;
+    let mut n = 0i64;
+    loop {
+        let page = after.map_or(Page::First, Page::After);
+        let mut rows = services.store.query(plan::page_sql(&scan, page)?).await?;
+        let more = rows.len() > FILTER_CHUNK;
+        rows.truncate(FILTER_CHUNK);
+        after = rows.last().map(|r| r.rkey);
+        n += access.filter(rows).await?.len() as i64;
+        if !more {
+            return Ok(n);
+        }
+    }
+}
+
+async fn search_filtered(services: &Services, req: &SearchRequest, access: &mut Access<'_>) -> Result<SearchOutcome, ReadError> {
+    let mut out = SearchOutcome::default();
+    if req.summary == Some(Summary::Count) || req.count == 0 {
+        out.total = Some(count_permitted(services, req, access).await?);
+        return Ok(out);
+    }
+    let start = plan::parse_page(req.page.as_deref())?;
+    // the first round reads what an unfiltered page would; later rounds more
+    let mut chunk_req = req.clone();
+    let backwards = matches!(start, Page::Before(_));
+    // (row, its raw offset for sorted searches)
+    let mut kept: Vec<(ResourceRow, usize)> = vec![];
+    let mut cursor = start;
+    let mut raw_seen = if let Page::Offset(o) = start { o } else { 0 };
+    loop {
+        let mut rows = services.store.query(plan::page_sql(&chunk_req, cursor)?).await?;
+        let more_raw = rows.len() > chunk_req.count;
+        rows.truncate(chunk_req.count);
+        let last_key = rows.last().map(|r| r.rkey);
+        let n = rows.len();
+        let base = raw_seen;
+        for (i, row) in rows.into_iter().enumerate() {
+            if kept.len() > req.count {
+                break;
+            }
+            let pos = base + i;
+            for r in access.filter(vec![row]).await? {
+                kept.push((r, pos));
+            }
+        }
+        raw_seen += n;
+        if kept.len() > req.count || !more_raw {
+            break;
+        }
+        chunk_req.count = FILTER_CHUNK.max(req.count);
+        cursor = if !req.sort.is_empty() {
+            Page::Offset(raw_seen)
+        } else if backwards {
+            Page::Before(last_key.unwrap_or(i64::MIN))
+        } else {
+            Page::After(last_key.unwrap_or(i64::MAX))
+        };
+    }
+    let more = kept.len() > req.count;
+    kept.truncate(req.count);
+    if backwards {
+        kept.reverse();
+    }
+    if req.sort.is_empty() {
+        let (first, last) = (kept.first().map(|r| r.0.rkey), kept.last().map(|r| r.0.rkey));
+        match start {
+            Page::Before(k) => {
+                out.next = last.map(|x| format!("a{x}")).or(Some(format!("a{}", k - 1)));
+                if more {
+                    out.prev = first.map(|x| format!("b{x}"));
+                }
+            }
+            Page::First => {
+                if more {
+                    out.next = last.map(|x| format!("a{x}"));
+                }
+            }
+            _ => {
+                if more {
+                    out.next = last.map(|x| format!("a{x}"));
+                }
+                out.prev = first.map(|x| format!("b{x}"));
+            }
+        }
+    } else if more {
+        // the next page starts after the raw position of the last row shown
+        out.next = kept.last().map(|(_, pos)| format!("o{}", pos + 1));
+    }
+    let rows: Vec<ResourceRow> = kept.into_iter().map(|(r, _)| r).collect();
+    out.total = match req.total {
+        Total::Accurate | Total::Estimate => Some(count_permitted(services, req, access).await?),
+        Total::Default if start == Page::First && !more => Some(rows.len() as i64),
+        _ => None,
+    };
+    let included = includes(services, req, &rows).await?;
+    out.included = access.filter(included).await?;
+    out.matches = rows;
+    Ok(out)
+}
+
+async fn search_unfiltered(services: &Services, req: &SearchRequest) -> Result<SearchOutcome, ReadError> {
     let store = &services.store;
     let mut out = SearchOutcome::default();
     if req.summary == Some(Summary::Count) || req.count == 0 {

@@ -44,6 +44,8 @@ pub struct ServerOptions {
     pub packs: Vec<PathBuf>,
     /// master patient index policy (`[mpi]` in carebridge.toml)
     pub mpi: crate::services::mpi::MpiConfig,
+    /// read access policy (`[access]` in carebridge.toml)
+    pub access: crate::services::access::AccessConfig,
 }
 
 /// Load the core definitions and build the search registry.
@@ -95,7 +97,7 @@ pub async fn services(opts: &ServerOptions) -> Result<Services, ServerError> {
     let registry = registry(opts.package_cache.clone()).await?;
     let (validator, policy) = validator_with_packs(opts.package_cache.clone(), opts.packs.clone()).await?;
     let store = store::open(&opts.database_url).await?;
-    Ok(Services { store, registry, validator, validation: opts.validation, policy, mpi: Arc::new(opts.mpi.clone()) })
+    Ok(Services { store, registry, validator, validation: opts.validation, policy, mpi: Arc::new(opts.mpi.clone()), access: Arc::new(opts.access.clone()) })
 }
 
 /// A running server (for tests and benchmarks): address and shutdown handle.
@@ -131,6 +133,10 @@ pub async fn start(services: Services, api_config: ApiConfig, listen: &str) -> R
 pub async fn start_with_mllp(services: Services, api_config: ApiConfig, listen: &str, mllp: Option<&str>) -> Result<Running, ServerError> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| ServerError::Bind(listen.to_owned(), e))?;
     let addr = listener.local_addr().map_err(|e| ServerError::Bind(listen.to_owned(), e))?;
+    if api_config.dev_caller_header && !addr.ip().is_loopback() {
+        let e = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "dev callers are for loopback test servers only");
+        return Err(ServerError::Bind(listen.to_owned(), e));
+    }
     let hl7: Hl7Config = api_config.hl7.clone();
     let import = match &api_config.mappings_dir {
         Some(dir) => Mappings::load_dir(dir, true)?,

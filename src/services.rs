@@ -1,8 +1,10 @@
 //! The services every layer above `store`, `search` and `validate` shares:
 //! the store, the search-parameter registry and the validator (both built
 //! once at start from the definitions), the validation policy and the
-//! master patient index policy (`mpi.rs`).
+//! master patient index policy (`mpi.rs`) and the read access policy
+//! (`access.rs`).
 
+pub mod access;
 pub mod mpi;
 
 use crate::search::Registry;
@@ -44,4 +46,6 @@ pub struct Services {
     pub policy: Arc<crate::validate::packs::Policy>,
     /// master patient index policy (thresholds, weights, trusted identifier systems)
     pub mpi: Arc<mpi::MpiConfig>,
+    /// read access policy: Consent default, care relationship, break-glass codes (`access.rs`)
+    pub access: Arc<access::AccessConfig>,
 }

@@ -6,12 +6,14 @@
 //! OperationOutcome that names the entry; nothing is stored.
 //!
 //! Entry resources are included when `Prefer: return=representation`;
-//! by default responses are minimal (status, location, etag).
+//! by default responses are minimal (status, location, etag). Reads and
+//! returned representations pass the caller's access filter
+//! (`auth::filter`): a withheld read answers 403 in its entry.
 
 use super::error::ApiError;
 use super::negotiate::{fhir_response, prefer};
 use super::{AppState, Req};
-use crate::fhir::{datetime, json, IssueType};
+use crate::fhir::{datetime, json, IssueType, OperationOutcome};
 use crate::pipeline::{Entry, EntryResult, Method, Pipeline, PipelineError, ReturnPref};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -73,23 +75,24 @@ pub async fn post_bundle(app: &AppState, r: &Req) -> Result<Response, ApiError> 
     }
     let (ret, _) = prefer(&r.headers);
     let include_resources = ret == Some(ReturnPref::Representation);
+    let reads: Vec<bool> = entries.iter().map(|e| matches!(e.method, Method::Get | Method::Head)).collect();
+    let mut access = crate::auth::filter::Access::new(&app.services, &r.caller);
     let pipe = Pipeline::new(&app.services).by(&r.caller);
-    let results: Vec<Value> = if is_tx {
-        let res = pipe.transaction(entries).await?;
-        res.into_iter().map(|x| entry_json(&r.base, x, include_resources)).collect()
-    } else {
-        pipe.batch(entries)
-            .await
-            .into_iter()
-            .map(|x| match x {
+    let raw: Vec<Result<EntryResult, crate::pipeline::PipelineError>> =
+        if is_tx { pipe.transaction(entries).await?.into_iter().map(Ok).collect() } else { pipe.batch(entries).await };
+    let mut results: Vec<Value> = Vec::with_capacity(raw.len());
+    for (i, x) in raw.into_iter().enumerate() {
+        results.push(match x {
+            Ok(x) => match visible(&mut access, x, reads[i]).await? {
                 Ok(x) => entry_json(&r.base, x, include_resources),
-                Err(e) => {
-                    let (status, oo) = ApiError::Pipeline(e).status_and_outcome();
-                    json!({"response": {"status": status_text(status.as_u16()), "outcome": oo.to_json()}})
-                }
-            })
-            .collect()
-    };
+                Err(oo) => json!({"response": {"status": status_text(403), "outcome": oo.to_json()}}),
+            },
+            Err(e) => {
+                let (status, oo) = ApiError::Pipeline(e).status_and_outcome();
+                json!({"response": {"status": status_text(status.as_u16()), "outcome": oo.to_json()}})
+            }
+        });
+    }
     let out = json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
@@ -97,7 +100,22 @@ pub async fn post_bundle(app: &AppState, r: &Req) -> Result<Response, ApiError> 
         "type": if is_tx { "transaction-response" } else { "batch-response" },
         "entry": results,
     });
-    Ok(fhir_response(StatusCode::OK, serde_json::to_vec(&out).unwrap_or_default(), r.pretty))
+    let interaction = if is_tx { "transaction" } else { "batch" };
+    super::access::finish(app, r, &access, interaction, fhir_response(StatusCode::OK, serde_json::to_vec(&out).unwrap_or_default(), r.pretty)).await
+}
+
+/// An entry's result as the caller may see it (`auth::filter`): a read the
+/// caller may not see becomes a 403 outcome; a write's representation of a
+/// resource it may not see (e.g. a conditional create that matched) is
+/// left out.
+async fn visible(access: &mut crate::auth::filter::Access<'_>, mut x: EntryResult, read: bool) -> Result<Result<EntryResult, OperationOutcome>, ApiError> {
+    let (Some(body), Some((t, id))) = (x.body.clone(), x.target.clone()) else { return Ok(Ok(x)) };
+    match access.check_bytes(&t, &id, &body).await? {
+        Ok(b) => x.body = Some(b),
+        Err(d) if read => return Ok(Err(OperationOutcome::error(IssueType::Forbidden, format!("{t}/{id}: {}", d.message())))),
+        Err(_) => x.body = None,
+    }
+    Ok(Ok(x))
 }
 
 fn entry_json(base: &str, x: EntryResult, include_resource: bool) -> Value {

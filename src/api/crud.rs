@@ -9,7 +9,9 @@ use super::negotiate::{fhir_response, prefer};
 use super::{AppState, Req};
 use crate::fhir::{datetime, json, IssueType, OperationOutcome};
 use crate::pipeline::{Entry, EntryResult, Method, Pipeline, ReturnPref};
+use crate::auth::filter::{Access, AccessError, Denial};
 use crate::search::params::Summary;
+use crate::store::{HistoryQuery, HistoryScope};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde_json::Value;
@@ -80,9 +82,16 @@ pub fn write_response(r: &Req, res: EntryResult) -> Result<Response, ApiError> {
     Ok(resp)
 }
 
+/// Run one write; a representation of a resource the caller may not see
+/// (a conditional create that matched someone else's record) is left out.
 async fn run_one(app: &AppState, r: &Req, entry: Entry) -> Result<EntryResult, ApiError> {
     let mut v = Pipeline::single(&app.services).by(&r.caller).transaction(vec![entry]).await?;
-    Ok(v.remove(0))
+    let mut res = v.remove(0);
+    let mut access = Access::new(&app.services, &r.caller);
+    if let (Some(body), Some((t, id)), false) = (res.body.clone(), res.target.clone(), access.is_unrestricted()) {
+        res.body = access.check_bytes(&t, &id, &body).await?.ok();
+    }
+    Ok(res)
 }
 
 pub async fn create(app: &AppState, r: &Req, t: &str) -> Result<Response, ApiError> {
@@ -207,28 +216,54 @@ fn resource_response(r: &Req, body: &[u8], version: i64, last_updated: i64) -> R
     Ok(resp)
 }
 
+/// The bytes the caller may see of a resource, or 403 (`auth::filter`).
+pub async fn permitted(access: &mut Access<'_>, t: &str, id: &str, body: &bytes::Bytes) -> Result<bytes::Bytes, ApiError> {
+    match access.check_bytes(t, id, body).await? {
+        Ok(b) => Ok(b),
+        Err(d) => Err(AccessError::Denied(format!("{t}/{id}: {}", d.message())).into()),
+    }
+}
+
+/// For a restricted caller asking about a deleted resource (or a deletion
+/// version): the last version with content must be permitted, else 403.
+async fn check_deleted(app: &AppState, access: &mut Access<'_>, t: &str, id: &str) -> Result<(), ApiError> {
+    if access.is_unrestricted() {
+        return Ok(());
+    }
+    let q = HistoryQuery { scope: HistoryScope::Instance(t.to_owned(), id.to_owned()), since: None, before: None, before_hkey: None, limit: 1000 };
+    let last = app.services.store.history(q).await?.into_iter().find_map(|h| h.body);
+    match last {
+        Some(b) => permitted(access, t, id, &b).await.map(|_| ()),
+        None => Err(AccessError::Denied(format!("{t}/{id}: {}", Denial::Consent.message())).into()),
+    }
+}
+
 pub async fn read(app: &AppState, r: &Req, t: &str, id: &str) -> Result<Response, ApiError> {
     let row = app.services.store.read(t, id).await?;
+    let mut access = Access::new(&app.services, &r.caller);
     match row {
         Some(row) if !row.deleted => {
+            let body = permitted(&mut access, t, id, row.body.as_ref().unwrap_or(&bytes::Bytes::new())).await?;
             if let Some(inm) = header_str(r, "if-none-match") {
                 if crate::pipeline::parse_etag(inm) == Some(row.version) {
                     let mut resp = Response::new(axum::body::Body::empty());
                     *resp.status_mut() = StatusCode::NOT_MODIFIED;
                     resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag(row.version)).expect("ascii"));
-                    return Ok(resp);
+                    return super::access::finish(app, r, &access, "read", resp).await;
                 }
             }
-            let body = row.body.as_deref().unwrap_or_default();
             if t == "Patient" {
                 // linked records of the same person (MPI): `link` seealso, added on read, never stored
-                if let Some(b) = crate::identity::query::with_seealso(&app.services, id, body).await? {
-                    return resource_response(r, &b, row.version, row.last_updated);
+                if let Some(b) = crate::identity::query::with_seealso(&app.services, id, &body).await? {
+                    let resp = resource_response(r, &b, row.version, row.last_updated)?;
+                    return super::access::finish(app, r, &access, "read", resp).await;
                 }
             }
-            resource_response(r, body, row.version, row.last_updated)
+            let resp = resource_response(r, &body, row.version, row.last_updated)?;
+            super::access::finish(app, r, &access, "read", resp).await
         }
         Some(row) => {
+            check_deleted(app, &mut access, t, id).await?;
             let mut resp = ApiError::new(StatusCode::GONE, IssueType::Deleted, format!("{t}/{id} was deleted")).into_response_inner();
             resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag(row.version)).expect("ascii"));
             Ok(resp)
@@ -239,9 +274,17 @@ pub async fn read(app: &AppState, r: &Req, t: &str, id: &str) -> Result<Response
 
 pub async fn vread(app: &AppState, r: &Req, t: &str, id: &str, vid: &str) -> Result<Response, ApiError> {
     let v: i64 = vid.parse().map_err(|_| ApiError::bad_request(format!("'{vid}' is not a version id")))?;
+    let mut access = Access::new(&app.services, &r.caller);
     match app.services.store.vread(t, id, v).await? {
-        Some(h) if h.body.is_some() => resource_response(r, h.body.as_deref().unwrap_or_default(), h.version, h.last_updated),
-        Some(_) => Err(ApiError::new(StatusCode::GONE, IssueType::Deleted, format!("{t}/{id} version {v} is a deletion"))),
+        Some(h) if h.body.is_some() => {
+            let body = permitted(&mut access, t, id, h.body.as_ref().unwrap_or(&bytes::Bytes::new())).await?;
+            let resp = resource_response(r, &body, h.version, h.last_updated)?;
+            super::access::finish(app, r, &access, "vread", resp).await
+        }
+        Some(_) => {
+            check_deleted(app, &mut access, t, id).await?;
+            Err(ApiError::new(StatusCode::GONE, IssueType::Deleted, format!("{t}/{id} version {v} is a deletion")))
+        }
         None => Err(ApiError::not_found(format!("{t}/{id} has no version {v}"))),
     }
 }

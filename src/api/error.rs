@@ -7,6 +7,7 @@ use super::negotiate::fhir_response;
 use crate::fhir::{IssueType, OperationOutcome};
 use crate::ingest::import::ImportError;
 use crate::pipeline::PipelineError;
+use crate::auth::filter::AccessError;
 use crate::read::ReadError;
 use crate::search::SearchError;
 use crate::store::StoreError;
@@ -60,6 +61,12 @@ impl ApiError {
                 };
                 (StatusCode::BAD_REQUEST, OperationOutcome::error(code, e.to_string()))
             }
+            ApiError::Read(ReadError::Access(AccessError::Denied(m))) => {
+                (StatusCode::FORBIDDEN, OperationOutcome::error(IssueType::Forbidden, m.clone()))
+            }
+            ApiError::Read(ReadError::Access(AccessError::Store(se))) => {
+                (store_status(se), OperationOutcome::error(IssueType::Exception, "internal storage error"))
+            }
             ApiError::Read(ReadError::Store(se)) => {
                 (store_status(se), OperationOutcome::error(IssueType::Exception, "internal storage error"))
             }
@@ -84,6 +91,12 @@ impl ApiError {
             // `From<SummaryError>` turns read errors into `ApiError::Read`
             ApiError::Summary(SummaryError::Read(_)) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, OperationOutcome::error(IssueType::Exception, "internal error"))
+            }
+            ApiError::Summary(SummaryError::Access(AccessError::Denied(m))) => {
+                (StatusCode::FORBIDDEN, OperationOutcome::error(IssueType::Forbidden, m.clone()))
+            }
+            ApiError::Summary(SummaryError::Access(AccessError::Store(se))) => {
+                (store_status(se), OperationOutcome::error(IssueType::Exception, "internal storage error"))
             }
             ApiError::Summary(SummaryError::Store(se)) => {
                 (store_status(se), OperationOutcome::error(IssueType::Exception, "internal storage error"))
@@ -110,6 +123,7 @@ impl From<SummaryError> for ApiError {
     fn from(e: SummaryError) -> Self {
         match e {
             SummaryError::Read(r) => ApiError::Read(r),
+            SummaryError::Access(a) => ApiError::Read(ReadError::Access(a)),
             e => ApiError::Summary(e),
         }
     }
@@ -138,6 +152,11 @@ impl From<crate::report::ReportError> for ApiError {
 impl From<PipelineError> for ApiError {
     fn from(e: PipelineError) -> Self {
         ApiError::Pipeline(e)
+    }
+}
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        ApiError::Read(ReadError::Access(e))
     }
 }
 impl From<ReadError> for ApiError {

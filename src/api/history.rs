@@ -1,11 +1,16 @@
 //! History interaction (R4 `http.html` §3.1.0.12): instance, type and system
 //! history as a `history` Bundle, newest version first, with `_since` and
 //! `_count` (`_at` is not supported); paging continues strictly below the last
-//! version seen, so concurrent writes never shift pages.
+//! version seen, so concurrent writes never shift pages. Versions pass the
+//! caller's access filter (`auth::filter`): an instance the caller may not
+//! see answers 403; type and system history hold only permitted versions
+//! (no deletion entries for restricted callers), pages filled up to
+//! `_count`.
 
 use super::error::ApiError;
 use super::negotiate::fhir_response;
 use super::{AppState, Req};
+use crate::auth::filter::{Access, AccessError, Denial};
 use crate::fhir::datetime;
 use crate::store::{HistoryQuery, HistoryScope};
 use axum::http::StatusCode;
@@ -35,17 +40,61 @@ pub async fn history(app: &AppState, r: &Req, t: Option<&str>, id: Option<&str>)
         Some(p) => Some(p.strip_prefix('h').and_then(|n| n.parse().ok()).ok_or_else(|| ApiError::bad_request("bad _page token"))?),
         None => None,
     };
+    let mut access = Access::new(&app.services, &r.caller);
     let scope = match (t, id) {
         (Some(t), Some(i)) => {
-            if app.services.store.read(t, i).await?.is_none() {
+            let Some(cur) = app.services.store.read(t, i).await? else {
                 return Err(ApiError::not_found(format!("{t}/{i} is not known")));
+            };
+            if !access.is_unrestricted() {
+                // the instance must be visible (its last content when deleted)
+                let last = match cur.body {
+                    Some(b) => Some(b),
+                    None => {
+                        let q = HistoryQuery { scope: HistoryScope::Instance(t.to_owned(), i.to_owned()), since: None, before: None, before_hkey: None, limit: 1000 };
+                        app.services.store.history(q).await?.into_iter().find_map(|h| h.body)
+                    }
+                };
+                match last {
+                    Some(b) => {
+                        super::crud::permitted(&mut access, t, i, &b).await?;
+                    }
+                    None => return Err(AccessError::Denied(format!("{t}/{i}: {}", Denial::Consent.message())).into()),
+                }
             }
             HistoryScope::Instance(t.to_owned(), i.to_owned())
         }
         (Some(t), None) => HistoryScope::Type(t.to_owned()),
         _ => HistoryScope::System,
     };
-    let mut rows = app.services.store.history(HistoryQuery { scope, since, before, before_hkey, limit: count + 1 }).await?;
+    let instance = matches!(scope, HistoryScope::Instance(..));
+    let mut rows = vec![];
+    let mut cursor = before_hkey;
+    loop {
+        let raw = app.services.store.history(HistoryQuery { scope: scope.clone(), since, before, before_hkey: cursor, limit: count + 1 }).await?;
+        let exhausted = raw.len() <= count;
+        cursor = raw.last().map(|h| h.hkey);
+        for mut h in raw {
+            if rows.len() > count {
+                break;
+            }
+            if !access.is_unrestricted() {
+                match &h.body {
+                    // deletions: only in the history of an instance already checked
+                    None if !instance => continue,
+                    None => {}
+                    Some(b) => match access.check_bytes(&h.rtype, &h.id, b).await? {
+                        Ok(b) => h.body = Some(b),
+                        Err(_) => continue,
+                    },
+                }
+            }
+            rows.push(h);
+        }
+        if rows.len() > count || exhausted || access.is_unrestricted() {
+            break;
+        }
+    }
     let more = rows.len() > count;
     rows.truncate(count);
     let path = match (t, id) {
@@ -93,5 +142,11 @@ pub async fn history(app: &AppState, r: &Req, t: Option<&str>, id: Option<&str>)
     if !entries.is_empty() {
         bundle["entry"] = Value::Array(entries);
     }
-    Ok(fhir_response(StatusCode::OK, serde_json::to_vec(&bundle).unwrap_or_default(), r.pretty))
+    let interaction = match (t, id) {
+        (Some(_), Some(_)) => "history-instance",
+        (Some(_), None) => "history-type",
+        _ => "history-system",
+    };
+    let resp = fhir_response(StatusCode::OK, serde_json::to_vec(&bundle).unwrap_or_default(), r.pretty);
+    super::access::finish(app, r, &access, interaction, resp).await
 }

@@ -10,6 +10,7 @@
 //!
 //! Invariant: no handler writes to the store except through `pipeline`.
 
+mod access;
 mod bundle;
 mod crud;
 pub mod error;
@@ -50,8 +51,10 @@ pub struct ApiConfig {
     /// reports and bulk export (`[report]`)
     pub report: crate::report::ReportConfig,
     /// Take the caller from the `X-Carebridge-Dev-Caller` header
-    /// (`client_id;member-type[;member]`). Tests only — never set by
-    /// configuration; authentication replaces it.
+    /// (`client_id;member-type[;member]`, purpose of use from
+    /// `X-Purpose-Of-Use`). Tests and `bench access` only — never set by
+    /// configuration, and the server refuses it on a non-loopback address;
+    /// authentication replaces it.
     pub dev_caller_header: bool,
 }
 
@@ -202,6 +205,8 @@ fn dev_caller(cfg: &ApiConfig, headers: &HeaderMap) -> crate::auth::Caller {
             }
         }
         c.member = it.next().map(str::to_owned);
+        // the purpose of use the request asserts (break-glass: ETREAT, BTG)
+        c.purpose_of_use = headers.get("x-purpose-of-use").and_then(|v| v.to_str().ok()).map(|p| p.trim().to_owned()).filter(|p| !p.is_empty());
     }
     c
 }

@@ -71,7 +71,17 @@ pub async fn patient_match(app: &AppState, r: &Req) -> Result<Response, ApiError
         Some(_) => return Err(ApiError::bad_request("'count' must be a positive valueInteger")),
     };
     let found = query::match_patient(&app.services, resource, only_certain, count).await?;
-    let entries: Vec<Value> = found
+    // candidates pass the caller's access filter like any read
+    let mut access = crate::auth::filter::Access::new(&app.services, &r.caller);
+    let mut shown = Vec::with_capacity(found.len());
+    for (mut row, c) in found {
+        let Some(b) = row.body.clone() else { continue };
+        if let Ok(b) = access.check_bytes("Patient", &row.id, &b).await? {
+            row.body = Some(b);
+            shown.push((row, c));
+        }
+    }
+    let entries: Vec<Value> = shown
         .iter()
         .map(|(row, c)| {
             let res: Value = row.body.as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or(Value::Null);
@@ -93,7 +103,7 @@ pub async fn patient_match(app: &AppState, r: &Req) -> Result<Response, ApiError
         "total": entries.len(),
         "entry": entries,
     });
-    Ok(fhir_response(StatusCode::OK, serde_json::to_vec(&bundle).unwrap_or_default(), r.pretty))
+    super::access::finish(app, r, &access, "operation", fhir_response(StatusCode::OK, serde_json::to_vec(&bundle).unwrap_or_default(), r.pretty)).await
 }
 
 /// `GET|POST /Patient/$ihe-pix`
@@ -138,10 +148,20 @@ pub async fn ihe_pix(app: &AppState, r: &Req) -> Result<Response, ApiError> {
     let Some((identifiers, ids)) = query::pix(&app.services, system, value, &targets).await? else {
         return Err(ApiError::not_found(format!("no Patient has the identifier {system}|{value}")));
     };
+    // cross-references are patient data: a restricted caller must be allowed
+    // to see every record they come from (403 otherwise)
+    let mut access = crate::auth::filter::Access::new(&app.services, &r.caller);
+    if !access.is_unrestricted() {
+        for p in &ids {
+            if let Some(b) = app.services.store.read("Patient", p).await?.and_then(|row| row.body) {
+                super::crud::permitted(&mut access, "Patient", p, &b).await?;
+            }
+        }
+    }
     let mut out: Vec<Value> = identifiers.into_iter().map(|i| json!({"name": "targetIdentifier", "valueIdentifier": i})).collect();
     out.extend(ids.into_iter().map(|p| json!({"name": "targetId", "valueReference": {"reference": format!("Patient/{p}")}})));
     let params = json!({"resourceType": "Parameters", "parameter": out});
-    Ok(fhir_response(StatusCode::OK, serde_json::to_vec(&params).unwrap_or_default(), r.pretty))
+    super::access::finish(app, r, &access, "operation", fhir_response(StatusCode::OK, serde_json::to_vec(&params).unwrap_or_default(), r.pretty)).await
 }
 
 fn patient_ref(p: &Value) -> Option<String> {

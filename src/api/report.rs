@@ -67,7 +67,7 @@ pub async fn evaluate_measure(app: &AppState, r: &Req, id: Option<&str>) -> Resu
                 app.services.store.read("Measure", key).await?
             } else {
                 let req = crate::search::params::SearchRequest::parse(&app.services.registry, "Measure", &[("url".into(), key.into())], true)?;
-                crate::read::search(&app.services, &req).await?.matches.into_iter().next()
+                crate::read::search(&app.services, &req, &mut crate::auth::filter::Access::new(&app.services, &r.caller)).await?.matches.into_iter().next()
             };
             let row = row.filter(|x| !x.deleted).ok_or_else(|| ApiError::not_found(format!("Measure '{key}' is not known")))?;
             let body = row.body.clone().unwrap_or_default();

@@ -3,6 +3,8 @@
 //! `searchset` Bundle with self/next/previous links, `total`, `_include`d
 //! entries (`search.mode = include`) and, under lenient handling, an
 //! OperationOutcome entry naming the parameters that were ignored.
+//! Matches and included resources pass the caller's access filter
+//! (`auth::filter`, see `read` for how pages and `total` stay consistent).
 
 use super::crud::shape_body;
 use super::error::ApiError;
@@ -32,9 +34,10 @@ pub async fn search(app: &AppState, r: &Req, t: &str) -> Result<Response, ApiErr
     }
     let (_, strict) = prefer(&r.headers);
     let req = SearchRequest::parse(&app.services.registry, t, &pairs, strict)?;
-    let out = read::search(&app.services, &req).await?;
+    let mut access = crate::auth::filter::Access::new(&app.services, &r.caller);
+    let out = read::search(&app.services, &req, &mut access).await?;
     let body = searchset_bundle(&r.base, &req, &out);
-    Ok(fhir_response(StatusCode::OK, body, r.pretty))
+    super::access::finish(app, r, &access, "search-type", fhir_response(StatusCode::OK, body, r.pretty)).await
 }
 
 fn link_url(base: &str, req: &SearchRequest, page: Option<&str>) -> String {

@@ -67,12 +67,8 @@ pub async fn events(app: &AppState, r: &Req, id: &str) -> Result<Response, ApiEr
         None => sub.payload,
     };
     let evs = notify::load_events(app.services.store.as_ref(), id, from, to, 1000).await.map_err(sub_err)?;
-    let mut resources: Vec<Option<Value>> = vec![];
-    if content == Payload::FullResource {
-        for e in &evs {
-            resources.push(crate::subscription::deliver::visible(&app.services, &sub, e).await);
-        }
-    }
+    let resources: Vec<Option<Value>> =
+        if content == Payload::FullResource { crate::subscription::deliver::visible(&app.services, &sub, &evs).await } else { vec![] };
     let b = notify::notification(&r.base, &sub, "query-event", &evs, &resources, content);
     Ok(fhir_response(StatusCode::OK, serde_json::to_vec(&b).unwrap_or_default(), r.pretty))
 }

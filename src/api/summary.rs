@@ -5,7 +5,9 @@
 //!
 //! Paging of `$everything` is by offset over the deterministic result order
 //! (`_page=o<n>`): the set is recomputed per page, so a page reflects the
-//! store at the time it is asked for.
+//! store at the time it is asked for. Both answer only what the caller's
+//! access filter permits (`auth::filter`; `total` counts the permitted
+//! resources).
 
 use super::error::ApiError;
 use super::negotiate::fhir_response;
@@ -63,7 +65,8 @@ pub async fn everything(app: &AppState, r: &Req, id: &str) -> Result<Response, A
         None => 0,
         Some(pg) => pg.strip_prefix('o').and_then(|n| n.parse::<usize>().ok()).ok_or_else(|| ApiError::bad_request("bad _page token"))?,
     };
-    let rows = summary::everything(&app.services, id, &EverythingOptions { types: types.clone(), since }).await?;
+    let mut access = crate::auth::filter::Access::new(&app.services, &r.caller);
+    let rows = summary::everything(&app.services, id, &EverythingOptions { types: types.clone(), since }, &mut access).await?;
     let total = rows.len();
     let page: Vec<_> = rows.into_iter().skip(offset).take(count).collect();
     let link = |off: usize| {
@@ -110,10 +113,11 @@ pub async fn everything(app: &AppState, r: &Req, id: &str) -> Result<Response, A
         b.push(b']');
     }
     b.push(b'}');
-    Ok(fhir_response(StatusCode::OK, b, r.pretty))
+    super::access::finish(app, r, &access, "operation", fhir_response(StatusCode::OK, b, r.pretty)).await
 }
 
 pub async fn summary(app: &AppState, r: &Req, id: &str) -> Result<Response, ApiError> {
-    let doc = summary::ips(&app.services, id, &r.base, datetime::now_micros()).await?;
-    Ok(fhir_response(StatusCode::OK, doc, r.pretty))
+    let mut access = crate::auth::filter::Access::new(&app.services, &r.caller);
+    let doc = summary::ips(&app.services, id, &r.base, datetime::now_micros(), &mut access).await?;
+    super::access::finish(app, r, &access, "operation", fhir_response(StatusCode::OK, doc, r.pretty)).await
 }

@@ -22,6 +22,9 @@ pub async fn validate(app: &AppState, r: &Req, t: &str, id: Option<&str>) -> Res
         let Some(id) = id else { return Err(ApiError::bad_request("GET $validate needs an instance id")) };
         let row = app.services.store.read(t, id).await?;
         let body = row.and_then(|x| x.body).ok_or_else(|| ApiError::not_found(format!("{t}/{id} is not known")))?;
+        // validating a stored resource reads it: the caller must be allowed to see it
+        let mut access = crate::auth::filter::Access::new(&app.services, &r.caller);
+        let body = super::crud::permitted(&mut access, t, id, &body).await?;
         (json::parse(&body).map_err(ApiError::bad_request)?, None, r.param("profile").map(str::to_owned))
     } else {
         if r.body.is_empty() {

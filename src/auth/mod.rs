@@ -10,6 +10,10 @@
 //! Invariant: other modules decide on a [`Caller`]'s `member_type` and
 //! `member`, never on how the caller authenticated.
 
+pub mod consent;
+pub mod filter;
+pub mod relationship;
+
 use serde::{Deserialize, Serialize};
 
 /// The kinds of member a regional network has; the role policy maps each

@@ -12,6 +12,9 @@
 //!   then all cores (entries split across threads).
 //! * `search` — token + date searches over generated Observations
 //!   (default 100,000): req/s, p50, p99.
+//! * `access` — read by id and search by patient, each as the unfiltered
+//!   operator and as a clinical member (care relationship + Consent checks
+//!   on every row): p99 of both and the difference in percent.
 //! * `import` — a generated N-row CSV export of the shipped nursing-service
 //!   mapping: translate-only rows/s (one thread), then translate + validate
 //!   + store rows/s into a fresh SQLite store, then the idempotent re-import.
@@ -55,6 +58,7 @@ pub async fn target_with(server: Option<String>, validation: crate::services::Va
         validation,
         packs: vec![],
         mpi: Default::default(),
+        access: Default::default(),
     };
     let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
     let running = crate::server::start(services, opts.api, "127.0.0.1:0").await.map_err(|e| e.to_string())?;
@@ -137,11 +141,18 @@ pub async fn ingest(
 }
 
 async fn load_generator(base: &str, urls: Arc<Vec<String>>, concurrency: usize, duration: Duration) -> (usize, usize, Vec<u64>) {
+    load_generator_as(base, urls, concurrency, duration, None).await
+}
+
+/// [`load_generator`] with `X-Carebridge-Dev-Caller: caller` on every request (a
+/// development gateway, `ApiConfig::dev_caller_header`).
+async fn load_generator_as(base: &str, urls: Arc<Vec<String>>, concurrency: usize, duration: Duration, caller: Option<&str>) -> (usize, usize, Vec<u64>) {
     let c = client();
+    let caller = caller.map(str::to_owned);
     let deadline = Instant::now() + duration;
     let mut set = tokio::task::JoinSet::new();
     for w in 0..concurrency.max(1) {
-        let (c, urls, base) = (c.clone(), urls.clone(), base.to_owned());
+        let (c, urls, base, caller) = (c.clone(), urls.clone(), base.to_owned(), caller.clone());
         set.spawn(async move {
             let mut lat = Vec::with_capacity(100_000);
             let (mut ok, mut err) = (0usize, 0usize);
@@ -149,7 +160,11 @@ async fn load_generator(base: &str, urls: Arc<Vec<String>>, concurrency: usize, 
             while Instant::now() < deadline {
                 i = (i + 104_729) % urls.len();
                 let t = Instant::now();
-                match c.get(format!("{base}/{}", urls[i])).send().await {
+                let mut rb = c.get(format!("{base}/{}", urls[i]));
+                if let Some(who) = &caller {
+                    rb = rb.header("x-carebridge-dev-caller", who.as_str());
+                }
+                match rb.send().await {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.bytes().await;
                         ok += 1;
@@ -351,6 +366,7 @@ pub async fn hl7v2(messages: usize, connections: usize, seconds: u64) -> Result<
         validation: Default::default(),
         packs: vec![],
         mpi: Default::default(),
+        access: Default::default(),
     };
     let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
     let running = crate::server::start_with_mllp(services, opts.api, "127.0.0.1:0", Some("127.0.0.1:0")).await.map_err(|e| e.to_string())?;
@@ -542,6 +558,7 @@ pub async fn import(rows: usize, per_patient: usize) -> Result<(), String> {
         validation: Default::default(),
         packs: vec![],
         mpi: Default::default(),
+        access: Default::default(),
     };
     let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
     let mapping = Arc::new(mapping);
@@ -624,5 +641,82 @@ pub fn validate(dir: PathBuf, cache: Option<PathBuf>, profiles: &[String], packs
         resources.len() as f64 / all.max(1e-9),
         resources.len() as f64 / all.max(1e-9) / threads as f64
     );
+    Ok(())
+}
+
+/// `access`: read and search p99 of the same requests as the unfiltered
+/// development operator and as a clinical member, whose every response
+/// passes the care-relationship and Consent checks (`auth::filter`). Seeds
+/// `patients` Patients with `per_patient` Observations each, an in-progress
+/// Encounter with the member and a privacy Consent (permit with a nested
+/// deny) for every patient; an in-process gateway
+/// with dev callers (loopback only). Each pair runs twice, alternating.
+pub async fn access(patients: usize, per_patient: usize, concurrency: usize, seconds: u64) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("carebridge-bench-access-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let opts = crate::server::ServerOptions {
+        database_url: format!("sqlite:{}", dir.join("bench.db").display()),
+        package_cache: None,
+        api: crate::api::ApiConfig { dev_caller_header: true, ..Default::default() },
+        validation: crate::services::ValidationMode::Off,
+        packs: vec![],
+        mpi: Default::default(),
+        access: Default::default(),
+    };
+    let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
+    let running = crate::server::start(services, opts.api, "127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let t = Target { base: running.base_url(), _server: Some(running), _dir: Some(dir) };
+    let c = client();
+    let member = "org-bench";
+    let mut reads = vec![];
+    let mut searches = vec![];
+    let started = Instant::now();
+    for chunk_start in (0..patients).step_by(100) {
+        let mut entries = vec![];
+        for k in chunk_start..(chunk_start + 100).min(patients) {
+            let pid = format!("bp{k}");
+            let subj = json!({"reference": format!("Patient/{pid}")});
+            let mut put = |res: Value| {
+                let url = format!("{}/{}", res["resourceType"].as_str().unwrap_or(""), res["id"].as_str().unwrap_or(""));
+                entries.push(json!({"resource": res, "request": {"method": "PUT", "url": url}}));
+            };
+            put(json!({"resourceType": "Patient", "id": pid, "identifier": [{"system": "urn:bench:access", "value": pid}]}));
+            put(json!({"resourceType": "Encounter", "id": format!("{pid}-e"), "status": "in-progress",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}, "subject": subj,
+                "serviceProvider": {"reference": format!("Organization/{member}")}}));
+            put(json!({"resourceType": "Consent", "id": format!("{pid}-c"), "status": "active",
+                "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+                "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}], "patient": subj,
+                "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+                "provision": {"type": "permit", "provision": [{"type": "deny", "code": [{"coding": [{"system": "http://loinc.org", "code": "5195-3"}]}]}]}}));
+            for j in 0..per_patient {
+                let id = format!("{pid}-o{j}");
+                put(json!({"resourceType": "Observation", "id": id, "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]}, "subject": subj,
+                    "effectiveDateTime": format!("2024-01-{:02}", 1 + j % 28)}));
+                reads.push(format!("Observation/{id}"));
+            }
+            searches.push(format!("Observation?subject=Patient/{pid}"));
+        }
+        post_tx(&c, &t.base, entries).await?;
+    }
+    println!("seeded {patients} patients x {per_patient} Observations in {:.1} s", started.elapsed().as_secs_f64());
+    let who = format!("bench;hospital;{member}");
+    for (name, urls) in [("read", Arc::new(reads)), ("search", Arc::new(searches))] {
+        let (mut plain, mut checked) = (vec![], vec![]);
+        for round in 0..2 {
+            for as_member in [false, true] {
+                let caller = as_member.then_some(who.as_str());
+                let (ok, err, lat) = load_generator_as(&t.base, urls.clone(), concurrency, Duration::from_secs(seconds), caller).await;
+                let label = format!("{name} {} (round {})", if as_member { "as member (relationship + Consent checks)" } else { "unfiltered (operator)" }, round + 1);
+                report(&label, ok, err, &lat, seconds as f64);
+                let p99 = percentile(&lat, 0.99) as f64 / 1000.0;
+                if as_member { checked.push(p99) } else { plain.push(p99) }
+            }
+        }
+        let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        let (p, q) = (best(&plain), best(&checked));
+        println!("bench access {name}: p99 {p:.3} ms unfiltered, {q:.3} ms with checks ({:+.1} %)", (q - p) / p * 100.0);
+    }
     Ok(())
 }

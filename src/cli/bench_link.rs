@@ -228,6 +228,7 @@ async fn services(mpi: MpiConfig) -> Result<(Services, PathBuf), String> {
         validation: ValidationMode::Off,
         packs: vec![],
         mpi,
+        access: Default::default(),
     };
     Ok((crate::server::services(&opts).await.map_err(|e| e.to_string())?, dir))
 }

@@ -64,6 +64,7 @@ async fn setup(patients: usize, db: Option<String>) -> Result<(Services, Option<
         validation: Default::default(),
         packs: vec![],
         mpi: Default::default(),
+        access: Default::default(),
     };
     let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
     let t0 = Instant::now();

@@ -354,7 +354,7 @@ async fn run(services: &Services, reports: &Arc<Reports>, id: &str, cancel: &Ato
                     return Err(ReportError::Gone("cancelled".into()));
                 }
                 req.page = after.clone();
-                let out = crate::read::search(services, &req).await.map_err(|e| ReportError::Unprocessable(e.to_string()))?;
+                let out = crate::read::search(services, &req, &mut crate::auth::filter::Access::internal(services)).await.map_err(|e| ReportError::Unprocessable(e.to_string()))?;
                 for r in &out.matches {
                     if multi && !seen.insert(r.rkey) {
                         continue;
@@ -400,7 +400,7 @@ async fn matches_filter(services: &Services, t: &str, queries: &[Option<&str>], 
         let mut pairs: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes()).into_owned().collect();
         pairs.push(("_id".into(), r.id.clone()));
         let req = SearchRequest::parse(&services.registry, t, &pairs, true).map_err(|e| ReportError::Invalid(format!("_typeFilter {t}: {e}")))?;
-        let out = crate::read::search(services, &req).await.map_err(|e| ReportError::Unprocessable(e.to_string()))?;
+        let out = crate::read::search(services, &req, &mut crate::auth::filter::Access::internal(services)).await.map_err(|e| ReportError::Unprocessable(e.to_string()))?;
         if !out.matches.is_empty() {
             return Ok(true);
         }

@@ -20,6 +20,7 @@
 
 use super::notify::{self, load_events, Event, SubRow, SUB_COLUMNS};
 use super::Payload;
+use crate::auth::filter::Access;
 use crate::auth::{Caller, MemberType};
 use crate::fhir::datetime;
 use crate::services::Services;
@@ -148,28 +149,40 @@ pub fn owner_caller(sub: &SubRow) -> Option<Caller> {
     Some(Caller { client_id: format!("subscription:{}", sub.sub_id), member: Some(member), member_type, scopes: vec![], purpose_of_use: None })
 }
 
-/// May `caller` receive this stored resource in full? The one decision
-/// point of this module; it must agree with the read path's filter.
-/// Operators and integration engines: yes. Members: not until the care
-/// relationship / Consent filter (`auth`, issue 7) is plugged in here —
-/// they get the event id-only and read the resource through the read
-/// path, which applies that filter. Insurers never get patient data.
-fn may_receive(caller: &Caller, _rtype: &str, _id: &str, _body: &[u8]) -> bool {
-    matches!(caller.member_type, MemberType::Operator | MemberType::IntegrationEngine)
-}
-
-/// The focus of an event as sent in a full-resource notification: the
-/// version the event is about, if the subscription's owner may see it;
-/// `None`: the entry goes out id-only.
-pub async fn visible(services: &Services, sub: &SubRow, e: &Event) -> Option<Value> {
-    let row = services.store.vread(&e.rtype, &e.rid, e.version).await.ok()??;
-    let body = row.body?;
-    if let Some(c) = owner_caller(sub) {
-        if !may_receive(&c, &e.rtype, &e.rid, &body) {
-            return None;
-        }
+/// The focus resources of events as sent in a full-resource notification:
+/// for each event the version it is about, if the subscription's owner may
+/// see it — the same care-relationship / Consent filter as every read path
+/// (`auth::filter`, one [`Access`] per notification) — else `None` (the
+/// entry goes out id-only; the member can still read what it may through
+/// the read path). Operators, integration engines and system-created
+/// subscriptions are unrestricted; insurers get no patient-level data.
+pub async fn visible(services: &Services, sub: &SubRow, events: &[Event]) -> Vec<Option<Value>> {
+    let owner = owner_caller(sub);
+    let mut access = owner.as_ref().map(|c| Access::new(services, c));
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let body = match services.store.vread(&e.rtype, &e.rid, e.version).await {
+            Ok(Some(row)) => row.body,
+            _ => None,
+        };
+        let Some(body) = body else {
+            out.push(None);
+            continue;
+        };
+        let allowed = match access.as_mut() {
+            None => Some(body),
+            Some(a) => match a.check_bytes(&e.rtype, &e.rid, &body).await {
+                Ok(Ok(b)) => Some(b),
+                Ok(Err(_)) => None,
+                Err(err) => {
+                    tracing::warn!(error = %err, subscription = %sub.sub_id, "access check failed: sent id-only");
+                    None
+                }
+            },
+        };
+        out.push(allowed.and_then(|b| serde_json::from_slice(&b).ok()));
     }
-    serde_json::from_slice(&body).ok()
+    out
 }
 
 /// Deliver one claimed subscription's next batch (or its heartbeat).
@@ -188,12 +201,7 @@ async fn deliver(services: &Services, client: &reqwest::Client, base: &str, sub:
         vec![]
     };
     let kind = if events.is_empty() { "heartbeat" } else { "event-notification" };
-    let mut resources = vec![];
-    if sub.payload == Payload::FullResource {
-        for e in &events {
-            resources.push(visible(services, &sub, e).await);
-        }
-    }
+    let resources = if sub.payload == Payload::FullResource { visible(services, &sub, &events).await } else { vec![] };
     let bundle = notify::notification(base, &sub, kind, &events, &resources, sub.payload);
     let mut req = client.post(&sub.endpoint).header("content-type", "application/fhir+json").body(bundle.to_string());
     for h in &sub.headers {

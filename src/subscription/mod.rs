@@ -23,7 +23,8 @@
 //! commit order and delivered in number order; the delivered watermark only
 //! moves forward after the endpoint answered 2xx (at-least-once).
 //! Invariant: full-resource payloads carry only what the subscription's
-//! owner may see (`auth`); other events go out as id-only.
+//! owner may see (`auth::filter`, the read path's filter); other events go
+//! out as id-only.
 
 pub mod deliver;
 pub mod notify;

@@ -30,9 +30,18 @@
 //! person's other records are pointed at the subject (those resources are
 //! re-serialized; all others go in as the stored bytes). `$everything`
 //! returns every record unchanged.
+//!
+//! Both views are built only from what the caller's access filter permits
+//! (`auth::filter`): a subject Patient the caller may not see fails with
+//! [`SummaryError::Access`] (403); a `$summary` section whose entries were
+//! all withheld carries `emptyReason` `withheld` (list-empty-reason, as
+//! the IPS Composition's section rules allow) and a narrative saying so,
+//! whether the section is required or not; a section with some entries
+//! withheld lists only the permitted ones.
 
 pub mod dedup;
 
+use crate::auth::filter::{Access, AccessError, Verdict};
 use crate::fhir::datetime;
 use crate::read::{self, ReadError};
 use crate::services::Services;
@@ -52,6 +61,8 @@ pub enum SummaryError {
     Corrupt(String),
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
 }
 
 /// The elements of a stored resource that sections, labels and
@@ -215,16 +226,32 @@ pub struct EverythingOptions {
     pub since: Option<i64>,
 }
 
+/// The subject Patient must be visible to the caller (403 otherwise).
+async fn check_subject(services: &Services, id: &str, access: &mut Access<'_>) -> Result<(), SummaryError> {
+    if access.is_unrestricted() {
+        return Ok(());
+    }
+    let row = services.store.read("Patient", id).await?;
+    let body = row.and_then(|r| r.body).ok_or_else(|| SummaryError::UnknownPatient(id.to_owned()))?;
+    match access.check_bytes("Patient", id, &body).await? {
+        Ok(_) => Ok(()),
+        Err(d) => Err(AccessError::Denied(format!("Patient/{id}: {}", d.message())).into()),
+    }
+}
+
 /// Every resource of the person's records (their compartments) and the
-/// resources those reference, Patients first; deterministic order.
-pub async fn everything(services: &Services, id: &str, opts: &EverythingOptions) -> Result<Vec<ResourceRow>, SummaryError> {
+/// resources those reference, Patients first; deterministic order; only
+/// what `access` permits.
+pub async fn everything(services: &Services, id: &str, opts: &EverythingOptions, access: &mut Access<'_>) -> Result<Vec<ResourceRow>, SummaryError> {
     let group = patient_group(services, id).await?;
-    let mut rows = read::patient_compartment(services, &group, opts.types.as_deref(), opts.since).await?;
+    check_subject(services, id, access).await?;
+    let rows = read::patient_compartment(services, &group, opts.types.as_deref(), opts.since).await?;
+    let mut rows = access.filter(rows).await?;
     let mut refs = read::referenced(services, &rows, &[]).await?;
     refs.retain(|r| {
         opts.types.as_ref().is_none_or(|ts| ts.contains(&r.rtype)) && opts.since.is_none_or(|s| r.last_updated >= s)
     });
-    rows.extend(refs);
+    rows.extend(access.filter(refs).await?);
     Ok(rows)
 }
 
@@ -316,17 +343,45 @@ fn narrative(items: &[String]) -> Value {
     json!({"status": "generated", "div": div})
 }
 
+/// The narrative of a section whose entries the access policy withheld
+/// (IPS: `emptyReason` `withheld`, list-empty-reason).
+fn withheld_narrative() -> Value {
+    json!({"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>Information withheld: the patient's consent or the access policy does not permit showing it to you.</p></div>"})
+}
+
 /// Build the IPS document for Patient `id` (absolute `base` for fullUrls,
 /// `now_us` for timestamps) as JSON bytes; stored resources are embedded
 /// as stored.
-pub async fn ips(services: &Services, id: &str, base: &str, now_us: i64) -> Result<Vec<u8>, SummaryError> {
+pub async fn ips(services: &Services, id: &str, base: &str, now_us: i64, access: &mut Access<'_>) -> Result<Vec<u8>, SummaryError> {
     let group = patient_group(services, id).await?;
+    check_subject(services, id, access).await?;
     let types: Vec<String> = SECTIONS.iter().flat_map(|s| s.types.iter().map(|t| (*t).to_owned())).collect::<BTreeSet<_>>().into_iter().collect();
     let rows = read::patient_compartment(services, &group, Some(&types), None).await?;
     let mut parsed: Vec<(ResourceRow, Value)> = Vec::with_capacity(rows.len());
-    for r in rows {
+    // entries the access filter withheld, per section
+    let mut withheld = vec![0usize; SECTIONS.len()];
+    for mut r in rows {
         let Some(b) = &r.body else { continue };
         let v = slim(b).map_err(|_| SummaryError::Corrupt(format!("{}/{}", r.rtype, r.id)))?;
+        if !access.is_unrestricted() {
+            // the access decision needs the whole resource (meta, references, dates)
+            let full: Value = serde_json::from_slice(b).map_err(|_| SummaryError::Corrupt(format!("{}/{}", r.rtype, r.id)))?;
+            match access.decide(&r.rtype, &r.id, &full).await? {
+                Verdict::Permit => {}
+                Verdict::BreakGlass => {
+                    let body = r.body.clone().unwrap_or_default();
+                    if let Ok(b) = access.check_bytes(&r.rtype, &r.id, &body).await? {
+                        r.body = Some(b);
+                    }
+                }
+                Verdict::Deny(_) => {
+                    if let Some(s) = section_of(&r.rtype, &v) {
+                        withheld[s] += 1;
+                    }
+                    continue;
+                }
+            }
+        }
         parsed.push((r, v));
     }
     // which record (Patient) an entry belongs to
@@ -388,14 +443,17 @@ pub async fn ips(services: &Services, id: &str, base: &str, now_us: i64) -> Resu
                 }));
             }
         }
-        if entries.is_empty() && !sec.required {
+        let all_withheld = entries.is_empty() && withheld[si] > 0;
+        if entries.is_empty() && !sec.required && !all_withheld {
             continue;
         }
         let mut s = Map::new();
         s.insert("title".into(), json!(sec.title));
         s.insert("code".into(), json!({"coding": [{"system": "http://loinc.org", "code": sec.code, "display": sec.display}]}));
-        s.insert("text".into(), narrative(&labels));
-        if entries.is_empty() {
+        s.insert("text".into(), if all_withheld { withheld_narrative() } else { narrative(&labels) });
+        if all_withheld {
+            s.insert("emptyReason".into(), json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/list-empty-reason", "code": "withheld", "display": "Information Withheld"}]}));
+        } else if entries.is_empty() {
             s.insert("emptyReason".into(), json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/list-empty-reason", "code": "unavailable", "display": "Unavailable"}]}));
         } else {
             s.insert("entry".into(), Value::Array(entries));
@@ -409,10 +467,11 @@ pub async fn ips(services: &Services, id: &str, base: &str, now_us: i64) -> Resu
     for chunk in group.chunks(200) {
         patients.extend(services.store.query(crate::search::plan::resources_by_ids_sql("Patient", chunk)).await.map_err(ReadError::from)?);
     }
+    let patients = access.filter(patients).await?;
     let mut with_patients = patients.clone();
     with_patients.extend(doc_rows.iter().cloned());
     let refs = read::referenced(services, &with_patients, &[]).await?;
-    doc_rows.extend(refs);
+    doc_rows.extend(access.filter(refs).await?);
 
     let comp_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("carebridge:summary:{id}:{now_us}").as_bytes()).to_string();
     let composition = json!({

@@ -108,6 +108,26 @@ impl TestServer {
         validator: Arc<carebridge::validate::Validator>,
         policy: Arc<carebridge::validate::packs::Policy>,
     ) -> TestServer {
+        Self::start_inner(backend, api, validation, mllp, validator, policy, Default::default()).await
+    }
+
+    /// A server that takes the caller from `X-Carebridge-Dev-Caller` (see
+    /// `ApiConfig::dev_caller_header`) under the given access policy.
+    pub async fn start_access(backend: Backend, access: carebridge::services::access::AccessConfig) -> TestServer {
+        let api = ApiConfig { dev_caller_header: true, ..Default::default() };
+        let validator = crate::validator_suite::validator_arc().await;
+        Self::start_inner(backend, api, ValidationMode::Enforce, false, validator, Default::default(), access).await
+    }
+
+    async fn start_inner(
+        backend: Backend,
+        api: ApiConfig,
+        validation: ValidationMode,
+        mllp: bool,
+        validator: Arc<carebridge::validate::Validator>,
+        policy: Arc<carebridge::validate::packs::Policy>,
+        access: carebridge::services::access::AccessConfig,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let (url, pg) = match backend {
             Backend::Sqlite => (format!("sqlite:{}", dir.path().join("test.db").display()), None),
@@ -126,6 +146,7 @@ impl TestServer {
             validation,
             policy,
             mpi: Default::default(),
+            access: Arc::new(access),
         };
         let running = server::start_with_mllp(services.clone(), api, "127.0.0.1:0", mllp.then_some("127.0.0.1:0"))
             .await

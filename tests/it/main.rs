@@ -5,6 +5,7 @@
 
 mod cli;
 mod common;
+mod consent;
 mod export;
 mod fhirpath_suite;
 mod hl7v2_ingest;

@@ -366,23 +366,33 @@ async fn delivery_reliability() {
     assert!(r.failed_requests > 0, "the receiver failed some requests: {r}");
 }
 
-/// A member's full-resource subscription: the focus goes out id-only until
-/// the access filter decides for members (the subscriber reads it through
-/// the filtered read path); the operator's gets the resource.
+/// A member's full-resource subscription passes the read path's access
+/// filter: the focus of a patient the member has a care relationship with
+/// (a CareTeam) goes out in full, another patient's id-only.
 #[tokio::test]
-async fn member_subscription_gets_id_only() {
+async fn member_subscription_filtered_by_access() {
     use carebridge::auth::{Caller, MemberType};
     use carebridge::pipeline::{Entry, Method, Pipeline};
     let s = TestServer::start(Backend::Sqlite).await;
     let rx = Receiver::start().await;
+    for (pid, _) in [("pm", 0), ("pr", 1)] {
+        assert_eq!(put_json(&s, &format!("Patient/{pid}"), &json!({"resourceType": "Patient", "id": pid})).await.status, 201);
+    }
+    assert_eq!(put_json(&s, "Organization/gp", &json!({"resourceType": "Organization", "id": "gp", "name": "GP"})).await.status, 201);
+    let team = json!({"resourceType": "CareTeam", "id": "t-pr", "status": "active", "subject": {"reference": "Patient/pr"},
+                      "participant": [{"member": {"reference": "Organization/gp"}}]});
+    assert_eq!(put_json(&s, "CareTeam/t-pr", &team).await.status, 201);
     let gp = Caller { client_id: "gp".into(), member: Some("gp".into()), member_type: MemberType::GpPractice, scopes: vec![], purpose_of_use: None };
     let e = Entry { method: Method::Post, url: "Subscription".into(), full_url: None, resource: Some(subscription(DISCHARGE, None, &rx.url, "full-resource")), if_none_exist: None, if_match: None };
     Pipeline::single(&s.services).by(&gp).transaction(vec![e]).await.unwrap();
     assert_eq!(put_json(&s, "Encounter/m1", &encounter("m1", "pm", "finished")).await.status, 201);
-    let (nums, _) = rx.wait_events(1, Duration::from_secs(5)).await;
-    assert_eq!(nums, vec![1]);
-    let b = &rx.events()[0];
-    assert!(b["entry"][1]["fullUrl"].as_str().unwrap().ends_with("Encounter/m1"));
-    assert!(b["entry"][1].get("resource").is_none(), "no patient data to a member without the access filter's permission");
+    assert_eq!(put_json(&s, "Encounter/m2", &encounter("m2", "pr", "finished")).await.status, 201);
+    let (nums, _) = rx.wait_events(2, Duration::from_secs(5)).await;
+    assert_eq!(nums, vec![1, 2]);
+    let entries: Vec<Value> = rx.events().iter().flat_map(|b| b["entry"].as_array().unwrap()[1..].to_vec()).collect();
+    let m1 = entries.iter().find(|e| e["fullUrl"].as_str().unwrap().ends_with("Encounter/m1")).unwrap();
+    let m2 = entries.iter().find(|e| e["fullUrl"].as_str().unwrap().ends_with("Encounter/m2")).unwrap();
+    assert!(m1.get("resource").is_none(), "no relationship with pm: id-only");
+    assert_eq!(m2["resource"]["id"], "m2", "care team member of pr: the full resource");
     s.stop().await;
 }

@@ -1,0 +1,383 @@
+//! Care relationship, break-glass and Consent on every read path (issue 7),
+//! on SQLite and (with `CAREBRIDGE_TEST_POSTGRES`) PostgreSQL. The server
+//! runs with `ApiConfig::dev_caller_header`, so a request names its caller
+//! in `X-Carebridge-Dev-Caller: client;member-type;member-id` (until token
+//! authentication exists); callers are written `<member-type> <member-id>`
+//! here and in the fixtures. Data: `fixtures/consent/` — the network's members and one
+//! patient per relationship kind (`network.json`, `relationships.json`),
+//! and one privacy Consent per provision type with the expected outcome
+//! for each of four resources (`provisions.json`).
+
+use crate::common::*;
+use carebridge::services::access::{AccessConfig, DefaultPolicy};
+use serde_json::{json, Value};
+
+const HOSP: &str = "hospital org-hosp";
+const GP: &str = "gp-practice org-gp";
+const INSURER: &str = "insurer org-ins";
+
+fn fixture(name: &str) -> Value {
+    let p = fixtures().join("consent").join(name);
+    serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("fixture JSON")
+}
+
+fn opt_in() -> AccessConfig {
+    AccessConfig::default()
+}
+
+fn opt_out() -> AccessConfig {
+    AccessConfig { default_policy: DefaultPolicy::OptOut, ..Default::default() }
+}
+
+/// `hospital org-hosp` → `test-hospital;hospital;org-hosp`
+fn dev_header(caller: &str) -> String {
+    let (t, m) = caller.split_once(' ').unwrap_or((caller, ""));
+    format!("test-{t};{t};{m}")
+}
+
+async fn as_caller(s: &TestServer, caller: &str, purpose: Option<&str>, path: &str) -> Resp {
+    let mut rb = client().get(s.url(path)).header("x-carebridge-dev-caller", dev_header(caller));
+    if let Some(p) = purpose {
+        rb = rb.header("x-purpose-of-use", p);
+    }
+    send(rb).await
+}
+
+async fn load(s: &TestServer, bundle: &Value) {
+    let r = post_json(s, "", bundle).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+async fn network(s: &TestServer) {
+    load(s, &fixture("network.json")).await;
+}
+
+fn put(res: Value) -> Value {
+    let url = format!("{}/{}", res["resourceType"].as_str().unwrap(), res["id"].as_str().unwrap());
+    json!({"resource": res, "request": {"method": "PUT", "url": url}})
+}
+
+/// A patient treated by the hospital and the GP (two in-progress
+/// Encounters) with four resources: `hb` (LOINC 718-7, 2024), `old`
+/// (2339-0, 2019), `sec` (labelled R, 2024) and `cond` (a Condition, onset
+/// 2022); plus a privacy Consent with `provision`, when given.
+async fn seed_case(s: &TestServer, pid: &str, provision: Option<&Value>) {
+    let subj = json!({"reference": format!("Patient/{pid}")});
+    let family = format!("Casefam{}", pid.replace('-', ""));
+    let obs = |id: &str, code: &str, date: &str| {
+        json!({"resourceType": "Observation", "id": format!("{pid}-{id}"), "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]}, "subject": subj, "effectiveDateTime": date})
+    };
+    let mut sec = obs("sec", "5195-3", "2024-02-01");
+    sec["meta"] = json!({"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]});
+    let enc = |id: &str, org: &str| {
+        json!({"resourceType": "Encounter", "id": format!("{pid}-{id}"), "status": "in-progress",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}, "subject": subj,
+            "serviceProvider": {"reference": format!("Organization/{org}")}})
+    };
+    let mut entries = vec![
+        put(json!({"resourceType": "Patient", "id": pid, "name": [{"family": family, "given": ["Case"]}]})),
+        put(enc("enc-h", "org-hosp")),
+        put(enc("enc-g", "org-gp")),
+        put(obs("hb", "718-7", "2024-03-01")),
+        put(obs("old", "2339-0", "2019-05-01")),
+        put(sec),
+        put(json!({"resourceType": "Condition", "id": format!("{pid}-cond"), "subject": subj,
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]}, "onsetDateTime": "2022-01-01"})),
+    ];
+    if let Some(p) = provision {
+        let p: Value = serde_json::from_str(&serde_json::to_string(p).unwrap().replace("{pid}", pid)).unwrap();
+        entries.push(put(privacy_consent(pid, p)));
+    }
+    load(s, &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
+}
+
+fn privacy_consent(pid: &str, provision: Value) -> Value {
+    json!({"resourceType": "Consent", "id": format!("{pid}-privacy"), "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{pid}")}, "dateTime": "2024-01-01",
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": provision})
+}
+
+const ITEMS: [(&str, &str); 4] = [("hb", "Observation"), ("old", "Observation"), ("sec", "Observation"), ("cond", "Condition")];
+
+async fn expect_items(s: &TestServer, pid: &str, caller: &str, purpose: Option<&str>, expect: &Value, case: &str) {
+    for (item, t) in ITEMS {
+        let want = expect[item].as_u64().unwrap() as u16;
+        let r = as_caller(s, caller, purpose, &format!("{t}/{pid}-{item}")).await;
+        assert_eq!(r.status, want, "case {case}: {caller} reading {item}: {}", r.text);
+        if want == 403 {
+            assert_outcome(&r, 403);
+        }
+    }
+    // search returns exactly the readable ones, and total agrees
+    let r = as_caller(s, caller, purpose, &format!("Observation?subject=Patient/{pid}&_total=accurate")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let b = r.json();
+    let mut got = match_ids(&b);
+    got.sort();
+    let mut want: Vec<String> =
+        ITEMS.iter().filter(|(i, t)| *t == "Observation" && expect[*i] == 200).map(|(i, _)| format!("{pid}-{i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "case {case}: search as {caller}");
+    assert_eq!(b["total"].as_u64(), Some(want.len() as u64), "case {case}: total");
+}
+
+async fn provision_case(backend: Backend, name: &str) {
+    let cases = fixture("provisions.json");
+    let case = cases.as_array().unwrap().iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no case {name}")).clone();
+    let s = TestServer::start_access(backend, opt_in()).await;
+    network(&s).await;
+    let pid = format!("case-{}", name.to_ascii_lowercase());
+    seed_case(&s, &pid, Some(&case["provision"])).await;
+    expect_items(&s, &pid, HOSP, case["purpose"].as_str(), &case["expect"], name).await;
+    if let Some(o) = case.get("other") {
+        expect_items(&s, &pid, o["caller"].as_str().unwrap(), o["purpose"].as_str(), &o["expect"], name).await;
+    }
+    // the unfiltered operator sees everything
+    for (item, t) in ITEMS {
+        assert_eq!(get(&s, &format!("{t}/{pid}-{item}")).await.status, 200);
+    }
+    s.stop().await;
+}
+
+/// One test per backend: SQLite always, PostgreSQL when configured.
+macro_rules! on_both {
+    ($name:ident, $body:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let f = $body;
+            f(Backend::Sqlite).await;
+            if postgres_url().is_some() {
+                f(Backend::Postgres).await;
+            } else {
+                eprintln!("{}: PostgreSQL skipped (CAREBRIDGE_TEST_POSTGRES not set)", stringify!($name));
+            }
+        }
+    };
+}
+
+on_both!(provision_permit, |b| provision_case(b, "permit"));
+on_both!(provision_deny, |b| provision_case(b, "deny"));
+on_both!(provision_nested_deny_in_permit, |b| provision_case(b, "nested"));
+on_both!(provision_actor, |b| provision_case(b, "actor"));
+on_both!(provision_purpose, |b| provision_case(b, "purpose"));
+on_both!(provision_period, |b| provision_case(b, "period"));
+on_both!(provision_data_period, |b| provision_case(b, "dataPeriod"));
+on_both!(provision_class, |b| provision_case(b, "class"));
+on_both!(provision_code, |b| provision_case(b, "code"));
+on_both!(provision_security_label, |b| provision_case(b, "securityLabel"));
+on_both!(provision_data, |b| provision_case(b, "data"));
+
+/// Without Consent: opt-in withholds other institutions' records, opt-out shows them.
+async fn default_policy(backend: Backend) {
+    for (cfg, want) in [(opt_in(), 403), (opt_out(), 200)] {
+        let s = TestServer::start_access(backend, cfg).await;
+        network(&s).await;
+        seed_case(&s, "case-default", None).await;
+        let r = as_caller(&s, HOSP, None, "Observation/case-default-hb").await;
+        assert_eq!(r.status, want, "{}", r.text);
+        s.stop().await;
+    }
+}
+on_both!(default_opt_in_vs_opt_out, default_policy);
+
+/// Each relationship kind grants its member and no other member.
+async fn relationships(backend: Backend) {
+    let s = TestServer::start_access(backend, opt_out()).await;
+    network(&s).await;
+    for rel in fixture("relationships.json").as_array().unwrap() {
+        let pid = rel["patient"].as_str().unwrap();
+        let kind = rel["kind"].as_str().unwrap();
+        let (member, other) = (rel["member"].as_str().unwrap(), rel["other"].as_str().unwrap());
+        let path = format!("Observation/{pid}-obs");
+        let r = as_caller(&s, member, None, &path).await;
+        assert_eq!(r.status, 200, "{kind}: {member} must read {path}: {}", r.text);
+        let r = as_caller(&s, other, None, &path).await;
+        assert_outcome(&r, 403);
+        // search: the member finds it, the other member does not (total 0)
+        let q = format!("Observation?subject=Patient/{pid}&_total=accurate");
+        let b = as_caller(&s, member, None, &q).await.json();
+        assert_eq!(match_ids(&b), vec![format!("{pid}-obs")], "{kind}");
+        let b = as_caller(&s, other, None, &q).await.json();
+        assert!(match_ids(&b).is_empty(), "{kind}: {b}");
+        assert_eq!(b["total"], 0, "{kind}");
+    }
+    // a finished Encounter is no relationship
+    assert_outcome(&as_caller(&s, HOSP, None, "Observation/rel-fin-obs").await, 403);
+    // what the member sent itself is always visible (meta.source), the rest is not
+    assert_eq!(as_caller(&s, GP, None, "Observation/rel-none-own").await.status, 200);
+    assert_outcome(&as_caller(&s, GP, None, "Observation/rel-none-obs").await, 403);
+    s.stop().await;
+}
+on_both!(care_relationship_kinds, relationships);
+
+/// Break-glass: allowed, labelled, flagged and audited; a Consent
+/// provision naming the purpose still denies.
+async fn break_glass(backend: Backend) {
+    let s = TestServer::start_access(backend, opt_in()).await;
+    network(&s).await;
+    assert_outcome(&as_caller(&s, GP, None, "Observation/rel-none-obs").await, 403);
+    let r = as_caller(&s, GP, Some("BTG"), "Observation/rel-none-obs").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("x-break-glass").as_deref(), Some("BTG"));
+    let sec = r.json()["meta"]["security"].clone();
+    assert!(sec.as_array().unwrap().iter().any(|c| c["code"] == "BTG"), "{sec}");
+    // recorded: an AuditEvent with the purpose of use, about the patient
+    let audits = get(&s, "AuditEvent?patient=Patient/rel-none").await.json();
+    let btg: Vec<&Value> = audits["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["resource"])
+        .filter(|a| a["purposeOfEvent"][0]["coding"][0]["code"] == "BTG")
+        .collect();
+    assert_eq!(btg.len(), 1, "{audits}");
+    assert_eq!(btg[0]["agent"][0]["who"]["reference"], "Organization/org-gp");
+    assert_eq!(btg[0]["agent"][0]["purposeOfUse"][0]["coding"][0]["code"], "BTG");
+    // ETREAT works the same way in a search; the stored bytes are unchanged
+    let b = as_caller(&s, GP, Some("ETREAT"), "Observation?subject=Patient/rel-enc").await;
+    assert_eq!(b.header("x-break-glass").as_deref(), Some("BTG"));
+    assert_eq!(match_ids(&b.json()), vec!["rel-enc-obs".to_owned()]);
+    assert!(get(&s, "Observation/rel-none-obs").await.json()["meta"].get("security").is_none());
+    // a provision that denies exactly this purpose holds even under break-glass
+    let deny_btg = json!({"type": "permit", "provision": [{"type": "deny", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "BTG"}]}]});
+    seed_case(&s, "case-nobtg", Some(&deny_btg)).await;
+    assert_outcome(&as_caller(&s, "pharmacy org-pharm", Some("BTG"), "Observation/case-nobtg-hb").await, 403);
+    assert_eq!(as_caller(&s, "pharmacy org-pharm", Some("ETREAT"), "Observation/case-nobtg-hb").await.status, 200);
+    s.stop().await;
+}
+on_both!(break_glass_allowed_flagged_audited, break_glass);
+
+/// Search over many patients: only permitted matches, `_total` equals what
+/// paging returns, `_summary=count` agrees, includes are filtered.
+async fn search_filtering(backend: Backend) {
+    let s = TestServer::start_access(backend, opt_out()).await;
+    network(&s).await;
+    // the hospital treats rel-enc and rel-mpi-a (linked to rel-mpi-b); others not
+    let q = "Observation?code=http://loinc.org|718-7&_total=accurate";
+    let all = get(&s, q).await.json();
+    assert!(all["total"].as_u64().unwrap() >= 10, "{all}");
+    let b = as_caller(&s, HOSP, None, q).await.json();
+    let mut ids = match_ids(&b);
+    ids.sort();
+    assert_eq!(ids, vec!["rel-enc-obs".to_owned(), "rel-mpi-a-obs".to_owned(), "rel-mpi-b-obs".to_owned()]);
+    assert_eq!(b["total"], 3);
+    // paging one at a time yields the same two, and the count agrees
+    let mut paged = vec![];
+    let mut next = Some(s.url("Observation?code=http://loinc.org|718-7&_count=1"));
+    while let Some(url) = next.take() {
+        let p = send(client().get(&url).header("x-carebridge-dev-caller", dev_header(HOSP))).await.json();
+        paged.extend(match_ids(&p));
+        next = p["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(str::to_owned);
+        assert!(paged.len() <= 3, "{paged:?}");
+    }
+    paged.sort();
+    assert_eq!(paged, ids);
+    let c = as_caller(&s, HOSP, None, "Observation?code=http://loinc.org|718-7&_summary=count").await.json();
+    assert_eq!(c["total"], 3);
+    // sorted search: filtered the same way
+    let b = as_caller(&s, HOSP, None, "Observation?code=http://loinc.org|718-7&_sort=-date&_count=1").await.json();
+    assert_eq!(match_ids(&b).len(), 1);
+    // _revinclude / _include pass the filter too
+    let b = as_caller(&s, HOSP, None, "Patient?_id=rel-enc,rel-eoc&_revinclude=Observation:subject").await.json();
+    let ids: Vec<&str> = b["entry"].as_array().unwrap().iter().filter_map(|e| e["resource"]["id"].as_str()).collect();
+    assert!(ids.contains(&"rel-enc") && ids.contains(&"rel-enc-obs"), "{ids:?}");
+    assert!(!ids.contains(&"rel-eoc") && !ids.contains(&"rel-eoc-obs"), "{ids:?}");
+    let b = as_caller(&s, GP, None, "Observation?_id=rel-enc-obs,rel-none-own&_include=Observation:subject").await.json();
+    let ids: Vec<&str> = b["entry"].as_array().unwrap().iter().filter_map(|e| e["resource"]["id"].as_str()).collect();
+    assert_eq!(ids, vec!["rel-none-own"], "the GP's own record, not the Patient or the hospital's record");
+    // history of an instance the caller may not see: 403; type history filtered
+    assert_outcome(&as_caller(&s, GP, None, "Observation/rel-enc-obs/_history").await, 403);
+    let h = as_caller(&s, HOSP, None, "Observation/_history").await.json();
+    let hist: Vec<&str> = h["entry"].as_array().unwrap().iter().filter_map(|e| e["resource"]["id"].as_str()).collect();
+    assert!(hist.contains(&"rel-enc-obs") && !hist.contains(&"rel-eoc-obs"), "{hist:?}");
+    assert_eq!(as_caller(&s, HOSP, None, "Observation/rel-enc-obs/_history/1").await.status, 200);
+    assert_outcome(&as_caller(&s, GP, None, "Observation/rel-enc-obs/_history/1").await, 403);
+    // a batch read entry is filtered like a read
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Observation/rel-enc-obs"}},
+        {"request": {"method": "GET", "url": "Observation/rel-eoc-obs"}}]});
+    let r = send(client().post(s.url("")).header("x-carebridge-dev-caller", dev_header(HOSP)).header("content-type", "application/fhir+json").body(batch.to_string())).await;
+    let e = r.json()["entry"].clone();
+    assert!(e[0]["response"]["status"].as_str().unwrap().starts_with("200"), "{e}");
+    assert!(e[1]["response"]["status"].as_str().unwrap().starts_with("403"), "{e}");
+    s.stop().await;
+}
+on_both!(search_filtered_total_consistent, search_filtering);
+
+/// The insurer sees nothing patient-level, whatever the relationships.
+async fn insurer(backend: Backend) {
+    let s = TestServer::start_access(backend, opt_out()).await;
+    network(&s).await;
+    assert_outcome(&as_caller(&s, INSURER, None, "Patient/rel-enc").await, 403);
+    assert_outcome(&as_caller(&s, INSURER, None, "Observation/rel-enc-obs").await, 403);
+    let b = as_caller(&s, INSURER, None, "Observation?_total=accurate").await.json();
+    assert!(match_ids(&b).is_empty());
+    assert_eq!(b["total"], 0);
+    assert_eq!(as_caller(&s, INSURER, None, "Organization/org-hosp").await.status, 200);
+    assert_outcome(&as_caller(&s, INSURER, None, "Patient/rel-enc/$everything").await, 403);
+    // operators and integration engines are not subject to relationships or Consent
+    let all = get(&s, "Observation?_total=accurate").await.json()["total"].clone();
+    for who in ["integration-engine org-ie", "operator org-op"] {
+        assert_eq!(as_caller(&s, who, None, "Observation/rel-enc-obs").await.status, 200, "{who}");
+        assert_eq!(as_caller(&s, who, None, "Observation?_total=accurate").await.json()["total"], all, "{who}");
+    }
+    s.stop().await;
+}
+on_both!(insurer_sees_no_patient_data, insurer);
+
+/// `$summary` and `$everything` are built from permitted resources only.
+async fn summary_views(backend: Backend) {
+    let s = TestServer::start_access(backend, opt_in()).await;
+    network(&s).await;
+    let deny_conditions = json!({"type": "permit", "provision": [{"type": "deny", "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Condition"}]},
+        {"type": "deny", "code": [{"coding": [{"system": "http://loinc.org", "code": "2339-0"}]}]}]});
+    seed_case(&s, "case-sum", Some(&deny_conditions)).await;
+    // no relationship: 403
+    assert_outcome(&as_caller(&s, "therapist org-ther", None, "Patient/case-sum/$summary").await, 403);
+    assert_outcome(&as_caller(&s, "therapist org-ther", None, "Patient/case-sum/$everything").await, 403);
+    let r = as_caller(&s, HOSP, None, "Patient/case-sum/$summary").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let doc = r.json();
+    let ids: Vec<String> =
+        doc["entry"].as_array().unwrap().iter().filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned)).collect();
+    assert!(!ids.contains(&"case-sum-cond".to_owned()) && !ids.contains(&"case-sum-old".to_owned()), "{ids:?}");
+    assert!(ids.contains(&"case-sum-hb".to_owned()), "{ids:?}");
+    let sections = doc["entry"][0]["resource"]["section"].as_array().unwrap().clone();
+    let problems = sections.iter().find(|s| s["code"]["coding"][0]["code"] == "11450-4").expect("problems section");
+    assert_eq!(problems["emptyReason"]["coding"][0]["code"], "withheld", "{problems}");
+    assert!(problems.get("entry").is_none());
+    let results = sections.iter().find(|s| s["code"]["coding"][0]["code"] == "30954-2").expect("results section");
+    let refs: Vec<&str> = results["entry"].as_array().unwrap().iter().filter_map(|e| e["reference"].as_str()).collect();
+    assert!(refs.contains(&"Observation/case-sum-hb") && !refs.contains(&"Observation/case-sum-old"), "{refs:?}");
+    // unfiltered, the problem is there
+    let full = get(&s, "Patient/case-sum/$summary").await.json();
+    assert!(full["entry"].as_array().unwrap().iter().any(|e| e["resource"]["id"] == "case-sum-cond"));
+
+    let e = as_caller(&s, HOSP, None, "Patient/case-sum/$everything").await.json();
+    let ids: Vec<&str> = e["entry"].as_array().unwrap().iter().filter_map(|x| x["resource"]["id"].as_str()).collect();
+    assert!(ids.contains(&"case-sum-hb") && ids.contains(&"case-sum-sec"), "{ids:?}");
+    assert!(!ids.contains(&"case-sum-cond") && !ids.contains(&"case-sum-old"), "{ids:?}");
+    assert_eq!(e["total"].as_u64(), Some(ids.len() as u64));
+    let full = get(&s, "Patient/case-sum/$everything").await.json();
+    assert_eq!(full["total"].as_u64().unwrap(), e["total"].as_u64().unwrap() + 2);
+    s.stop().await;
+}
+on_both!(summary_and_everything_filtered, summary_views);
+
+/// Without the dev-caller header (the development operator) nothing is
+/// filtered; a server without `dev_caller_header` ignores the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_caller_header_only_when_enabled() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    network(&s).await;
+    assert_eq!(as_caller(&s, INSURER, None, "Observation/rel-enc-obs").await.status, 200);
+    s.stop().await;
+    let s = TestServer::start_access(Backend::Sqlite, opt_in()).await;
+    network(&s).await;
+    assert_eq!(get(&s, "Observation/rel-enc-obs").await.status, 200);
+    s.stop().await;
+}

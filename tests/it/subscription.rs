@@ -368,12 +368,13 @@ async fn delivery_reliability() {
 
 /// A member's full-resource subscription passes the read path's access
 /// filter: the focus of a patient the member has a care relationship with
-/// (a CareTeam) goes out in full, another patient's id-only.
+/// (a CareTeam; opt-out region) goes out in full, another patient's id-only.
 #[tokio::test]
 async fn member_subscription_filtered_by_access() {
     use carebridge::auth::{Caller, MemberType};
     use carebridge::pipeline::{Entry, Method, Pipeline};
-    let s = TestServer::start(Backend::Sqlite).await;
+    use carebridge::services::access::{AccessConfig, DefaultPolicy};
+    let s = TestServer::start_access(Backend::Sqlite, AccessConfig { default_policy: DefaultPolicy::OptOut, ..Default::default() }).await;
     let rx = Receiver::start().await;
     for (pid, _) in [("pm", 0), ("pr", 1)] {
         assert_eq!(put_json(&s, &format!("Patient/{pid}"), &json!({"resourceType": "Patient", "id": pid})).await.status, 201);

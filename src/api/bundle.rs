@@ -73,7 +73,7 @@ pub async fn post_bundle(app: &AppState, r: &Req) -> Result<Response, ApiError> 
     }
     let (ret, _) = prefer(&r.headers);
     let include_resources = ret == Some(ReturnPref::Representation);
-    let pipe = Pipeline::new(&app.services);
+    let pipe = Pipeline::new(&app.services).audited(r.audit.clone());
     let results: Vec<Value> = if is_tx {
         let res = pipe.transaction(entries).await?;
         res.into_iter().map(|x| entry_json(&r.base, x, include_resources)).collect()

@@ -80,8 +80,8 @@ pub fn write_response(r: &Req, res: EntryResult) -> Result<Response, ApiError> {
     Ok(resp)
 }
 
-async fn run_one(app: &AppState, entry: Entry) -> Result<EntryResult, ApiError> {
-    let mut v = Pipeline::single(&app.services).transaction(vec![entry]).await?;
+async fn run_one(app: &AppState, r: &Req, entry: Entry) -> Result<EntryResult, ApiError> {
+    let mut v = Pipeline::single(&app.services).audited(r.audit.clone()).transaction(vec![entry]).await?;
     Ok(v.remove(0))
 }
 
@@ -95,7 +95,7 @@ pub async fn create(app: &AppState, r: &Req, t: &str) -> Result<Response, ApiErr
         if_none_exist: header_str(r, "if-none-exist").map(str::to_owned),
         if_match: None,
     };
-    let out = run_one(app, entry).await?;
+    let out = run_one(app, r, entry).await?;
     write_response(r, out)
 }
 
@@ -109,7 +109,7 @@ pub async fn update(app: &AppState, r: &Req, t: &str, id: &str) -> Result<Respon
         if_none_exist: None,
         if_match: header_str(r, "if-match").map(str::to_owned),
     };
-    write_response(r, run_one(app, entry).await?)
+    write_response(r, run_one(app, r, entry).await?)
 }
 
 fn raw_query(r: &Req) -> String {
@@ -132,7 +132,7 @@ pub async fn conditional_update(app: &AppState, r: &Req, t: &str) -> Result<Resp
         if_none_exist: None,
         if_match: header_str(r, "if-match").map(str::to_owned),
     };
-    write_response(r, run_one(app, entry).await?)
+    write_response(r, run_one(app, r, entry).await?)
 }
 
 pub async fn delete(app: &AppState, r: &Req, t: &str, id: &str) -> Result<Response, ApiError> {
@@ -144,7 +144,7 @@ pub async fn delete(app: &AppState, r: &Req, t: &str, id: &str) -> Result<Respon
         if_none_exist: None,
         if_match: header_str(r, "if-match").map(str::to_owned),
     };
-    write_response(r, run_one(app, entry).await?)
+    write_response(r, run_one(app, r, entry).await?)
 }
 
 pub async fn conditional_delete(app: &AppState, r: &Req, t: &str) -> Result<Response, ApiError> {
@@ -153,7 +153,7 @@ pub async fn conditional_delete(app: &AppState, r: &Req, t: &str) -> Result<Resp
         return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, IssueType::NotSupported, "DELETE needs an id or search parameters"));
     }
     let entry = Entry { method: Method::Delete, url: format!("{t}?{q}"), full_url: None, resource: None, if_none_exist: None, if_match: None };
-    write_response(r, run_one(app, entry).await?)
+    write_response(r, run_one(app, r, entry).await?)
 }
 
 /// `_summary` / `_elements` applied to one resource's bytes (R4 search.html#summary, #elements).

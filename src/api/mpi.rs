@@ -167,7 +167,7 @@ pub async fn person_op(app: &AppState, r: &Req, op: &str) -> Result<Response, Ap
         ("$unlink", [p]) => ManualOp::Unlink { patient: p.clone(), note: note(&ps) },
         _ => return Err(ApiError::bad_request("$unlink needs one 'patient' parameter (valueReference Patient/…)")),
     };
-    let msg = Pipeline::single(&app.services).identity(&m).await?;
+    let msg = Pipeline::single(&app.services).audited(r.audit.clone()).identity(&m).await?;
     Ok(ok_outcome(r, msg))
 }
 
@@ -178,6 +178,6 @@ pub async fn review(app: &AppState, r: &Req, id: &str, confirm: bool) -> Result<
     }
     let ps = if r.body.is_empty() { vec![] } else { parameters(r)? };
     let m = ManualOp::Review { task: id.to_owned(), confirm, note: note(&ps) };
-    let msg = Pipeline::single(&app.services).identity(&m).await?;
+    let msg = Pipeline::single(&app.services).audited(r.audit.clone()).identity(&m).await?;
     Ok(ok_outcome(r, msg))
 }

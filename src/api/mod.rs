@@ -96,12 +96,12 @@ impl Req {
     }
 }
 
-fn base_url(cfg: &ApiConfig, headers: &HeaderMap) -> String {
+fn base_url(cfg: &ApiConfig, headers: &HeaderMap, https: bool) -> String {
     if let Some(b) = &cfg.base_url {
         return b.trim_end_matches('/').to_owned();
     }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    format!("http://{host}")
+    format!("{}://{host}", if https { "https" } else { "http" })
 }
 
 async fn dispatch(State(app): State<Shared>, req: Request) -> Response {
@@ -151,7 +151,9 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
         negotiate::check_accept(&parts.headers, format)?;
     }
     let path = parts.uri.path().trim_matches('/');
-    let base = base_url(&app.config, &parts.headers);
+    // the TLS listener marks its requests with the peer certificate (or its absence)
+    let https = parts.extensions.get::<access::PeerCert>().is_some();
+    let base = base_url(&app.config, &parts.headers, https);
     // the SMART endpoints answer without a bearer token (RFC 6749 / SMART discovery)
     if app.config.auth.is_some() && (path == "auth/token" || path.starts_with(".well-known/")) {
         let b = if parts.method == Method::POST { read_body(64 * 1024, body, &parts.headers).await? } else { bytes::Bytes::new() };

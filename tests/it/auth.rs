@@ -466,3 +466,88 @@ async fn role_matrix() {
     assert_eq!(denied_ok, denied_total);
     s.stop().await;
 }
+
+fn https_client(root: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
+    let pem = std::fs::read(auth_dir().join(root)).unwrap();
+    let mut b = reqwest::Client::builder().tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()]).pool_max_idle_per_host(0);
+    if let Some((crt, key)) = identity {
+        let mut id = std::fs::read(auth_dir().join(crt)).unwrap();
+        id.extend(std::fs::read(auth_dir().join(key)).unwrap());
+        b = b.identity(reqwest::Identity::from_pem(&id).unwrap());
+    }
+    b.build().unwrap()
+}
+
+/// HTTPS via rustls, certificate reload on SIGHUP without dropping the
+/// listener, and a member bound to its client certificate.
+#[tokio::test]
+async fn tls_reload_and_client_certificates() {
+    // install the process-wide SIGHUP handler first: the signal must never take the test binary down
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("gw.crt"), dir.path().join("gw.key"));
+    std::fs::copy(auth_dir().join("tls-server1.crt"), &cert).unwrap();
+    std::fs::copy(auth_dir().join("tls-server1.key"), &key).unwrap();
+    let fp = std::fs::read_to_string(auth_dir().join("tls-client.sha256")).unwrap();
+    let plain = TestServer::start(Backend::Sqlite).await;
+    // the hospital member is bound to its client certificate
+    let toml = auth_toml("").replace(
+        "[[member]]\nid = \"org-hospital\"\ntype = \"hospital\"\n",
+        &format!("[[member]]\nid = \"org-hospital\"\ntype = \"hospital\"\nclient_cert_sha256 = [\"{}\"]\n", fp.trim()),
+    );
+    let section: carebridge::config::AuthSection = toml::from_str(&toml).unwrap();
+    let api = ApiConfig { auth: Some(Arc::new(section.build(&auth_dir()).unwrap())), ..Default::default() };
+    let files = carebridge::server::TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: Some(auth_dir().join("tls-members-ca.crt")) };
+    let running = carebridge::server::start_full(plain.services.clone(), api, "127.0.0.1:0", None, Some(files)).await.expect("https server");
+    let base = format!("https://127.0.0.1:{}", running.addr.port());
+    let c1 = https_client("tls-server1.crt", None);
+    let r = c1.get(format!("{base}/metadata")).send().await.expect("https with certificate 1");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(https_client("tls-server2.crt", None).get(format!("{base}/metadata")).send().await.is_err(), "certificate 2 is not served yet");
+
+    // client certificates: the hospital's client needs its certificate, others do not
+    let aud = format!("{base}/auth/token");
+    let tok = |client: &'static str| {
+        let aud = aud.clone();
+        async move {
+            Assertion { alg: Algorithm::ES384, kid: "es384-1", key: "es384-client.pem", iss: client, aud, exp: now() + 240, jti: uuid::Uuid::new_v4().to_string() }.sign()
+        }
+    };
+    let form = |assertion: String| {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "client_credentials")
+            .append_pair("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+            .append_pair("client_assertion", &assertion)
+            .append_pair("scope", "system/Patient.rs")
+            .finish()
+    };
+    let with_cert = https_client("tls-server1.crt", Some(("tls-client.crt", "tls-client.key")));
+    let t: Value = with_cert.post(&aud).header("content-type", "application/x-www-form-urlencoded").body(form(tok("c-hospital").await)).send().await.unwrap().json().await.unwrap();
+    let hosp = t["access_token"].as_str().expect("token").to_owned();
+    let r = c1.get(format!("{base}/Patient")).bearer_auth(&hosp).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403, "without its client certificate the hospital is refused");
+    let r = with_cert.get(format!("{base}/Patient")).bearer_auth(&hosp).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "with it, allowed");
+    let t: Value = c1.post(&aud).header("content-type", "application/x-www-form-urlencoded").body(form(tok("c-gp-practice").await)).send().await.unwrap().json().await.unwrap();
+    let gp = t["access_token"].as_str().expect("token").to_owned();
+    assert_eq!(c1.get(format!("{base}/Patient")).bearer_auth(&gp).send().await.unwrap().status().as_u16(), 200);
+
+    // swap the files, SIGHUP: new connections get certificate 2 on the same listener
+    std::fs::copy(auth_dir().join("tls-server2.crt"), &cert).unwrap();
+    std::fs::copy(auth_dir().join("tls-server2.key"), &key).unwrap();
+    let pid = std::process::id().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    hup.recv().await;
+    let mut ok = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if https_client("tls-server2.crt", None).get(format!("{base}/metadata")).send().await.is_ok_and(|r| r.status().as_u16() == 200) {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "certificate 2 served after SIGHUP");
+    assert!(https_client("tls-server1.crt", None).get(format!("{base}/metadata")).send().await.is_err(), "certificate 1 no longer served");
+    running.stop().await;
+    plain.stop().await;
+}

@@ -366,4 +366,29 @@ mod tests {
         let badid: FileConfig = toml::from_str("[[hl7v2.institution]]\nid = \"a b\"\n").unwrap();
         assert!(badid.hl7v2.to_hl7_config().is_err());
     }
+
+    #[test]
+    fn auth_sections() {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config"));
+        let c = FileConfig::load(&dir.join("carebridge.example.toml"), true).unwrap();
+        let a = c.auth.expect("example has [auth]").build(dir).expect("example builds");
+        assert!(a.settings.clients.is_empty());
+        let fixtures = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/auth"));
+        let ok = "signing_key = \"gateway-es256.pem\"\n[[member]]\nid = \"m\"\ntype = \"pharmacy\"\n[[client]]\nclient_id = \"c\"\nmember = \"m\"\njwks = \"es384-client.jwks.json\"\nscopes = [\"system/MedicationRequest.rs\"]\n";
+        let a: AuthSection = toml::from_str(ok).unwrap();
+        let built = a.build(fixtures).unwrap();
+        assert_eq!(built.client("c").unwrap().member_type, crate::auth::MemberType::Pharmacy);
+        assert!(!built.settings.key.ephemeral);
+        for bad in [
+            ok.replace("member = \"m\"", "member = \"x\""),                        // unknown member
+            ok.replace("system/MedicationRequest.rs", "patient/Patient.rs"),       // not a system scope
+            ok.replace("es384-client.jwks.json", "missing.jwks.json"),             // unreadable JWKS
+            ok.replace("type = \"pharmacy\"", "type = \"wizard\""),                // unknown member type
+            ok.replace("gateway-es256.pem", "es384-client.jwks.json"),             // not a key
+            format!("{ok}[[client]]\nclient_id = \"c\"\nmember = \"m\"\njwks = {{ keys = [] }}\nscopes = []\n"), // duplicate / empty JWKS
+        ] {
+            let parsed: Result<AuthSection, _> = toml::from_str(&bad);
+            assert!(parsed.map_err(|e| e.to_string()).and_then(|a| a.build(fixtures).map(|_| ()).map_err(|e| e.to_string())).is_err(), "{bad}");
+        }
+    }
 }

@@ -103,7 +103,7 @@ pub fn classify(app: &AppState, method: &Method, segs: &[String]) -> Access {
 }
 
 fn forbidden(d: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, IssueType::Forbidden, d.to_string())
+    ApiError::forbidden(d.to_string())
 }
 
 /// The one policy decision point: the request's interaction and type (and,

@@ -38,6 +38,10 @@ impl ApiError {
     pub fn not_found(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, IssueType::NotFound, msg)
     }
+    /// An access-control refusal (role policy, scopes, client certificate): 403.
+    pub fn forbidden(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, IssueType::Forbidden, msg)
+    }
 
     pub fn status_and_outcome(&self) -> (StatusCode, OperationOutcome) {
         match self {
@@ -119,6 +123,12 @@ impl From<ImportError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueType::Exception, "import configuration error")
             }
         }
+    }
+}
+
+impl From<crate::auth::policy::Denied> for ApiError {
+    fn from(d: crate::auth::policy::Denied) -> Self {
+        ApiError::forbidden(d.to_string())
     }
 }
 

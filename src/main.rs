@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc: allocation-heavy paths (JSON trees of translated messages,
+/// validation, summaries) spend far fewer instructions in it than in glibc malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "carebridge", version, about = "FHIR R4 (4.0.1) interoperability gateway for regional health networks")]
 struct Cli {

@@ -24,7 +24,12 @@
 //! merged source. Resources the entries reference (Medication,
 //! Practitioner, Organization, Encounter, …; one level, via the reference
 //! search index) are included so the document is self-contained; the
-//! Composition's author is the gateway's own Organization.
+//! Composition's author is the gateway's own Organization. The IPS Bundle
+//! profile allows exactly one Patient entry: the document carries the
+//! subject's record only, and references in the included resources to the
+//! person's other records are pointed at the subject (those resources are
+//! re-serialized; all others go in as the stored bytes). `$everything`
+//! returns every record unchanged.
 
 pub mod dedup;
 
@@ -47,6 +52,40 @@ pub enum SummaryError {
     Corrupt(String),
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+}
+
+/// `body` with every `reference` to one of `others` (the person's other
+/// records, `Patient/<id>`, relative or absolute) pointed at `subject`;
+/// `None` when it has none (the stored bytes are used as they are).
+fn retarget(body: &[u8], others: &[String], subject: &str) -> Option<Vec<u8>> {
+    let hit = |o: &String| body.windows(o.len()).any(|w| w == o.as_bytes());
+    if others.is_empty() || !others.iter().any(hit) {
+        return None;
+    }
+    fn walk(v: &mut Value, others: &[String], subject: &str, changed: &mut bool) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    if k == "reference" {
+                        if let Value::String(r) = x {
+                            if others.iter().any(|o| r == o || (r.ends_with(o.as_str()) && r[..r.len() - o.len()].ends_with('/'))) {
+                                *r = subject.to_owned();
+                                *changed = true;
+                            }
+                        }
+                    } else {
+                        walk(x, others, subject, changed);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, others, subject, changed)),
+            _ => {}
+        }
+    }
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let mut changed = false;
+    walk(&mut v, others, subject, &mut changed);
+    if changed { serde_json::to_vec(&v).ok() } else { None }
 }
 
 /// Id of the gateway's own Organization (the IPS Composition's author).
@@ -339,13 +378,18 @@ pub async fn ips(services: &Services, id: &str, base: &str, now_us: i64) -> Resu
     };
     push(&mut out, "Composition", &comp_id, &serde_json::to_vec(&composition).unwrap_or_default());
     let mut seen: HashSet<(&str, &str)> = HashSet::new();
-    // the subject first, then the linked records, the entries, what they reference
-    for r in patients.iter().filter(|r| r.id == id).chain(patients.iter().filter(|r| r.id != id)).chain(doc_rows.iter()) {
+    // the subject first (IPS: exactly one Patient entry), then the entries and what they
+    // reference, with references to the person's other records pointed at the subject
+    let others: Vec<String> = group.iter().filter(|g| *g != id).map(|g| format!("Patient/{g}")).collect();
+    for r in patients.iter().filter(|r| r.id == id).chain(doc_rows.iter().filter(|r| r.rtype != "Patient")) {
         if !seen.insert((r.rtype.as_str(), r.id.as_str())) {
             continue;
         }
         if let Some(b) = &r.body {
-            push(&mut out, &r.rtype, &r.id, b);
+            match retarget(b, &others, &format!("Patient/{id}")) {
+                Some(rewritten) => push(&mut out, &r.rtype, &r.id, &rewritten),
+                None => push(&mut out, &r.rtype, &r.id, b),
+            }
         }
     }
     if !seen.contains(&("Organization", GATEWAY_ORG)) {

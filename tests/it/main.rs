@@ -19,6 +19,7 @@ mod sdk_client;
 mod search;
 mod storage;
 mod summary;
+mod summary_ips;
 mod tidy;
 mod transaction;
 mod validator_suite;

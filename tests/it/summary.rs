@@ -69,9 +69,15 @@ async fn summary_deduplicates_across_institutions() {
         assert!(!ids.contains(&dropped.to_owned()), "{ids:?}");
         assert!(!ids.contains(&"Condition/kh-cond-error".to_owned()));
         // referenced resources are included: the practitioner, the encounter, the author
-        for needed in ["Practitioner/dr-schulz", "Organization/carebridge-gateway", "Patient/kh-nord-4711", "Patient/hausarzt-eppendorf-88"] {
+        for needed in ["Practitioner/dr-schulz", "Organization/carebridge-gateway", &format!("Patient/{subject}")] {
             assert!(ids.contains(&needed.to_owned()), "{needed} missing: {ids:?}");
         }
+        // IPS: one Patient entry; the other institution's entries now point at the subject
+        let other = if subject == "kh-nord-4711" { "hausarzt-eppendorf-88" } else { "kh-nord-4711" };
+        assert!(!ids.contains(&format!("Patient/{other}")), "{ids:?}");
+        assert!(!r.text.contains(&format!("\"Patient/{other}\"")), "a reference to the other record is left");
+        let dm = doc["entry"].as_array().unwrap().iter().find(|e| e["resource"]["id"] == "gp-cond-dm").unwrap();
+        assert_eq!(dm["resource"]["subject"]["reference"], format!("Patient/{subject}"));
         // fullUrls are absolute and unique
         let urls: std::collections::HashSet<&str> = doc["entry"].as_array().unwrap().iter().map(|e| e["fullUrl"].as_str().unwrap()).collect();
         assert_eq!(urls.len(), doc["entry"].as_array().unwrap().len());

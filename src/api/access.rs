@@ -19,7 +19,6 @@ use crate::auth::audit::{patients_of, AccessRecord};
 use crate::auth::policy::{decide, Interaction};
 use crate::auth::token::{Authenticator, BearerError, TokenError};
 use crate::auth::Caller;
-use crate::fhir::IssueType;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use serde_json::Value;

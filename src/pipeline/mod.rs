@@ -20,6 +20,7 @@
 //! elements, decimal text) plus server-set `id`, `meta.versionId`,
 //! `meta.lastUpdated`; no typed model round-trip.
 
+pub mod audit;
 mod resolve;
 
 use crate::fhir::{datetime, is_valid_id, json, IssueType, OperationOutcome};
@@ -298,6 +299,9 @@ pub struct Pipeline<'a> {
     pub services: &'a Services,
     /// entries came in a Bundle: locate issues at `Bundle.entry[n]`
     in_bundle: bool,
+    /// who asked: every transaction then also writes the request's
+    /// AuditEvent (IHE BALP) in the same database transaction
+    audit: Option<crate::auth::audit::AccessRecord>,
 }
 
 /// An entry after identity resolution.
@@ -318,12 +322,20 @@ struct Planned {
 impl<'a> Pipeline<'a> {
     /// A pipeline for Bundles (issues are located at their entry).
     pub fn new(services: &'a Services) -> Self {
-        Pipeline { services, in_bundle: true }
+        Pipeline { services, in_bundle: true, audit: None }
     }
 
     /// A pipeline for a single REST interaction (no entry locations).
     pub fn single(services: &'a Services) -> Self {
-        Pipeline { services, in_bundle: false }
+        Pipeline { services, in_bundle: false, audit: None }
+    }
+
+    /// Audit every transaction of this pipeline as `record` (data and
+    /// patients are filled from what is written), in the same database
+    /// transaction as the change.
+    pub fn audited(mut self, record: Option<crate::auth::audit::AccessRecord>) -> Self {
+        self.audit = record;
+        self
     }
 
     /// Locate an error at entry `i` when processing a Bundle.
@@ -436,6 +448,11 @@ impl<'a> Pipeline<'a> {
             .filter(|w| w.rtype == "Patient")
             .map(|w| (w.id.clone(), w.body.as_ref().and_then(|b| serde_json::from_slice(b).ok())))
             .collect();
+        if let Some(rec) = &self.audit {
+            let status = results.iter().flatten().map(|r| r.status).max().unwrap_or(200);
+            let w = audit::change_record(self.services, rec, &writes, status, now)?;
+            writes.push(w);
+        }
         if !writes.is_empty() {
             tx.write(writes).await?;
         }
@@ -460,7 +477,11 @@ impl<'a> Pipeline<'a> {
     /// transaction; returns what was done.
     pub async fn identity(&self, op: &crate::identity::ManualOp) -> Result<String, PipelineError> {
         let mut tx = self.services.store.begin().await?;
-        let msg = crate::identity::manual(self.services, tx.as_mut(), op, datetime::now_micros()).await?;
+        let now = datetime::now_micros();
+        let msg = crate::identity::manual(self.services, tx.as_mut(), op, now).await?;
+        if let Some(rec) = &self.audit {
+            tx.write(vec![audit::change_record(self.services, rec, &[], 200, now)?]).await?;
+        }
         tx.commit().await?;
         Ok(msg)
     }
@@ -485,7 +506,7 @@ impl<'a> Pipeline<'a> {
             } else {
                 let mut e = e;
                 e.full_url = None;
-                Pipeline::single(self.services).transaction(vec![e]).await.map(|mut v| v.remove(0))
+                Pipeline::single(self.services).audited(self.audit.clone()).transaction(vec![e]).await.map(|mut v| v.remove(0))
             };
             out.push(r.map_err(|err| err.in_entry(i)));
         }

@@ -13,7 +13,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 /// Schema migrations in order; `schema_version` records how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres.sql"), include_str!("migrations/postgres-2-mpi.sql"), include_str!("migrations/postgres-3-export.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres.sql"), include_str!("migrations/postgres-2-mpi.sql"), include_str!("migrations/postgres-3-export.sql"), include_str!("migrations/postgres-4-auth.sql")];
 
 pub struct PgStore {
     pool: Pool,

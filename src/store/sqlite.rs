@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Schema migrations in order; `schema_version` records how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite.sql"), include_str!("migrations/sqlite-2-mpi.sql"), include_str!("migrations/sqlite-3-export.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite.sql"), include_str!("migrations/sqlite-2-mpi.sql"), include_str!("migrations/sqlite-3-export.sql"), include_str!("migrations/sqlite-4-auth.sql")];
 
 pub struct SqliteStore {
     readers: Arc<ReaderPool>,

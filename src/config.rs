@@ -38,6 +38,36 @@
 //! break_glass = ["ETREAT", "BTG"]             # purpose-of-use codes that break the glass
 //! ```
 //!
+//! Access control (`[auth]`, see README "Access control"; absent: `serve`
+//! needs `--insecure-dev` and a loopback address):
+//!
+//! ```toml
+//! [server.tls]                                # optional: HTTPS (rustls); SIGHUP reloads the files
+//! cert = "tls/gateway.crt"                    # PEM chain
+//! key = "tls/gateway.key"                     # PEM private key
+//! client_ca = "tls/members-ca.pem"            # optional: request client certificates from this CA
+//! [auth]
+//! issuer = "https://gw.example.org"           # iss/aud of the gateway's access tokens
+//! token_url = "https://gw.example.org/auth/token"  # aud of client assertions (default {base}/auth/token)
+//! signing_key = "secrets/gateway-es256.pem"   # PKCS#8 EC P-256; generated at start when absent (dev)
+//! token_lifetime_seconds = 300
+//! clock_skew_seconds = 60
+//! policy = "config/role-policy.toml"          # default: the shipped policy
+//! rate_limit = { per_second = 50, burst = 100 }   # per client; optional
+//! [[auth.member]]
+//! id = "klinikum-nord"                        # Organization id
+//! type = "hospital"                           # hospital, gp-practice, nursing-service, therapist,
+//!                                             # pharmacy, municipality, insurer, integration-engine, operator
+//! client_cert_sha256 = ["ab12…"]              # optional: its clients must present one of these certificates
+//! [[auth.client]]
+//! client_id = "kln-ehr"
+//! member = "klinikum-nord"
+//! jwks = "keys/kln-ehr.jwks.json"             # a path, or inline: jwks = { keys = [ … ] }
+//! scopes = ["system/*.cruds"]                 # the most this client may be granted
+//! rate_limit = { per_second = 10, burst = 20 }    # optional override
+//! max_body_bytes = 1048576                    # optional override of server.max_body_bytes
+//! ```
+//!
 //! Configured identifier systems come before the German defaults
 //! (KVNR/GKV, IK/IKNR, LANR, BSNR), which stay available.
 
@@ -55,6 +85,8 @@ pub enum ConfigError {
     Parse(String, toml::de::Error),
     #[error("hl7v2 institution '{0}': {1}")]
     Institution(String, String),
+    #[error("auth: {0}")]
+    Auth(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +112,123 @@ pub struct FileConfig {
     /// reports and bulk export (see `report::ReportConfig` for the keys and defaults)
     #[serde(default)]
     pub report: crate::report::ReportConfig,
+    /// access control (SMART Backend Services, members, role policy)
+    pub auth: Option<AuthSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    pub issuer: Option<String>,
+    pub token_url: Option<String>,
+    pub signing_key: Option<String>,
+    pub token_lifetime_seconds: Option<i64>,
+    pub clock_skew_seconds: Option<i64>,
+    pub policy: Option<String>,
+    pub rate_limit: Option<crate::auth::ratelimit::RateSpec>,
+    #[serde(default)]
+    pub member: Vec<MemberSection>,
+    #[serde(default)]
+    pub client: Vec<ClientSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSection {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub member_type: crate::auth::MemberType,
+    #[serde(default)]
+    pub client_cert_sha256: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSection {
+    pub client_id: String,
+    pub member: String,
+    /// a JWKS file path, or the JWKS inline
+    pub jwks: JwksSource,
+    pub scopes: Vec<String>,
+    pub rate_limit: Option<crate::auth::ratelimit::RateSpec>,
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum JwksSource {
+    Path(String),
+    Inline(serde_json::Value),
+}
+
+impl AuthSection {
+    /// The run-time authenticator; every reference is checked (unknown
+    /// member, bad JWKS, bad scope, unreadable key or policy are errors).
+    /// Relative paths are taken from `dir` (the config file's folder).
+    pub fn build(&self, dir: &Path) -> Result<crate::auth::token::Authenticator, ConfigError> {
+        use crate::auth::policy::RolePolicy;
+        use crate::auth::scope::Scope;
+        use crate::auth::token::{AuthSettings, Authenticator, ClientReg, GatewayKey};
+        let err = |m: String| ConfigError::Auth(m);
+        let read = |p: &str| -> Result<Vec<u8>, ConfigError> {
+            let path = dir.join(p);
+            std::fs::read(&path).map_err(|e| ConfigError::Io(path.display().to_string(), e))
+        };
+        let policy = match &self.policy {
+            Some(p) => RolePolicy::parse(&String::from_utf8_lossy(&read(p)?)).map_err(|e| err(format!("{p}: {e}")))?,
+            None => RolePolicy::default_policy(),
+        };
+        let key = match &self.signing_key {
+            Some(p) => GatewayKey::from_pem(&read(p)?).map_err(|e| err(format!("{p}: {e}")))?,
+            None => GatewayKey::generate(),
+        };
+        let mut members = std::collections::HashMap::new();
+        for m in &self.member {
+            if members.insert(m.id.clone(), m).is_some() {
+                return Err(err(format!("member '{}' is listed twice", m.id)));
+            }
+        }
+        let mut clients = std::collections::HashMap::new();
+        for c in &self.client {
+            let m = members.get(&c.member).ok_or_else(|| err(format!("client '{}': unknown member '{}'", c.client_id, c.member)))?;
+            let jwks_value = match &c.jwks {
+                JwksSource::Path(p) => serde_json::from_slice::<serde_json::Value>(&read(p)?).map_err(|e| err(format!("client '{}': {p}: {e}", c.client_id)))?,
+                JwksSource::Inline(v) => v.clone(),
+            };
+            let jwks: jsonwebtoken::jwk::JwkSet =
+                serde_json::from_value(jwks_value).map_err(|e| err(format!("client '{}': JWKS: {e}", c.client_id)))?;
+            if jwks.keys.is_empty() {
+                return Err(err(format!("client '{}': the JWKS has no keys", c.client_id)));
+            }
+            let scopes = c.scopes.iter().map(|s| Scope::parse(s)).collect::<Result<Vec<_>, _>>().map_err(|e| err(format!("client '{}': {e}", c.client_id)))?;
+            let reg = ClientReg {
+                client_id: c.client_id.clone(),
+                member: c.member.clone(),
+                member_type: m.member_type,
+                jwks,
+                scopes,
+                rate: c.rate_limit,
+                max_body_bytes: c.max_body_bytes,
+                client_cert_sha256: m.client_cert_sha256.iter().map(|s| s.replace(':', "").to_ascii_lowercase()).collect(),
+            };
+            if clients.insert(c.client_id.clone(), reg).is_some() {
+                return Err(err(format!("client '{}' is listed twice", c.client_id)));
+            }
+        }
+        if key.ephemeral {
+            tracing::warn!("auth.signing_key is not set: access tokens are signed with a key generated at start (development only: tokens die with the process and are not shared between replicas)");
+        }
+        Ok(Authenticator::new(AuthSettings {
+            clients,
+            policy,
+            token_url: self.token_url.clone(),
+            issuer: self.issuer.clone().unwrap_or_else(|| "urn:carebridge:gateway".into()),
+            token_lifetime: self.token_lifetime_seconds.unwrap_or(300).clamp(30, 3600),
+            clock_skew: self.clock_skew_seconds.unwrap_or(60).clamp(0, 300),
+            key,
+            rate: self.rate_limit,
+        }))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +296,16 @@ pub struct ServerSection {
     pub listen: Option<String>,
     pub base_url: Option<String>,
     pub max_body_bytes: Option<usize>,
+    /// HTTPS via rustls
+    pub tls: Option<TlsSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert: String,
+    pub key: String,
+    pub client_ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -222,5 +381,30 @@ mod tests {
         assert!(dup.hl7v2.to_hl7_config().is_err());
         let badid: FileConfig = toml::from_str("[[hl7v2.institution]]\nid = \"a b\"\n").unwrap();
         assert!(badid.hl7v2.to_hl7_config().is_err());
+    }
+
+    #[test]
+    fn auth_sections() {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config"));
+        let c = FileConfig::load(&dir.join("carebridge.example.toml"), true).unwrap();
+        let a = c.auth.expect("example has [auth]").build(dir).expect("example builds");
+        assert!(a.settings.clients.is_empty());
+        let fixtures = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/auth"));
+        let ok = "signing_key = \"gateway-es256.pem\"\n[[member]]\nid = \"m\"\ntype = \"pharmacy\"\n[[client]]\nclient_id = \"c\"\nmember = \"m\"\njwks = \"es384-client.jwks.json\"\nscopes = [\"system/MedicationRequest.rs\"]\n";
+        let a: AuthSection = toml::from_str(ok).unwrap();
+        let built = a.build(fixtures).unwrap();
+        assert_eq!(built.client("c").unwrap().member_type, crate::auth::MemberType::Pharmacy);
+        assert!(!built.settings.key.ephemeral);
+        for bad in [
+            ok.replace("member = \"m\"", "member = \"x\""),                        // unknown member
+            ok.replace("system/MedicationRequest.rs", "patient/Patient.rs"),       // not a system scope
+            ok.replace("es384-client.jwks.json", "missing.jwks.json"),             // unreadable JWKS
+            ok.replace("type = \"pharmacy\"", "type = \"wizard\""),                // unknown member type
+            ok.replace("gateway-es256.pem", "es384-client.jwks.json"),             // not a key
+            format!("{ok}[[client]]\nclient_id = \"c\"\nmember = \"m\"\njwks = {{ keys = [] }}\nscopes = []\n"), // duplicate / empty JWKS
+        ] {
+            let parsed: Result<AuthSection, _> = toml::from_str(&bad);
+            assert!(parsed.map_err(|e| e.to_string()).and_then(|a| a.build(fixtures).map(|_| ()).map_err(|e| e.to_string())).is_err(), "{bad}");
+        }
     }
 }

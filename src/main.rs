@@ -54,6 +54,9 @@ enum Cmd {
         /// CSV/JSON import mapping files, one <institution>.toml each (default: mappings/ if present)
         #[arg(long, env = "CAREBRIDGE_MAPPINGS")]
         mappings: Option<PathBuf>,
+        /// Serve without authentication (no [auth] in the config): development only, loopback addresses only
+        #[arg(long)]
+        insecure_dev: bool,
     },
     /// Import a CSV/JSON export of an institution through its mapping file
     Import {
@@ -202,6 +205,9 @@ enum BenchCmd {
         concurrency: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// off: no authentication; on: bearer token + role policy + audit record per read; both: one after the other, with the overhead
+        #[arg(long, default_value = "off")]
+        auth: String,
     },
     /// HL7 v2: parse+translate messages/s (one thread), then end to end over MLLP into the store
     Hl7v2 {
@@ -335,8 +341,36 @@ async fn main() -> ExitCode {
     };
     let file_packs = file.fhir.packs.clone();
     let result = match cli.cmd {
-        Cmd::Serve { listen, db, base_url, max_body_bytes, package_cache, validation, mllp, mappings, packs } => {
+        Cmd::Serve { listen, db, base_url, max_body_bytes, package_cache, validation, mllp, mappings, packs, insecure_dev } => {
             let listen = listen.or(file.server.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+            let auth = match (&file.auth, insecure_dev) {
+                (Some(_), true) => {
+                    eprintln!("error: --insecure-dev and an [auth] section in {} exclude each other", cli.config.display());
+                    return ExitCode::from(2);
+                }
+                (None, false) => {
+                    eprintln!(
+                        "error: no [auth] section in {}: refusing to serve without authentication.\n       Configure [auth] (see README \"Access control\"), or pass --insecure-dev for a development server on a loopback address.",
+                        cli.config.display()
+                    );
+                    return ExitCode::from(2);
+                }
+                (None, true) => None,
+                (Some(a), false) => {
+                    let dir = cli.config.parent().map(PathBuf::from).unwrap_or_default();
+                    match a.build(&dir) {
+                        Ok(a) => Some(std::sync::Arc::new(a)),
+                        Err(e) => {
+                            eprintln!("error: {}: {e}", cli.config.display());
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+            };
+            let tls = file.server.tls.as_ref().map(|t| {
+                let dir = cli.config.parent().map(PathBuf::from).unwrap_or_default();
+                server::TlsFiles { cert: dir.join(&t.cert), key: dir.join(&t.key), client_ca: t.client_ca.as_ref().map(|c| dir.join(c)) }
+            });
             let hl7 = match file.hl7v2.to_hl7_config() {
                 Ok(h) => h,
                 Err(e) => {
@@ -354,13 +388,14 @@ async fn main() -> ExitCode {
                     mappings_dir: mappings.or(file.import.mappings_dir.map(PathBuf::from)),
                     report: file.report.clone(),
                     dev_caller_header: false,
+                    auth,
                 },
                 validation,
                 packs: packs_or(packs, &file_packs),
                 mpi: file.mpi.clone(),
                 access: file.access.clone(),
             };
-            serve(opts, &listen, mllp.as_deref()).await
+            serve(opts, &listen, mllp.as_deref(), tls).await
         }
         Cmd::Load { paths, server, db, concurrency, quiet } => {
             let target = match server {
@@ -457,7 +492,7 @@ async fn main() -> ExitCode {
                 let packs = if packs.is_empty() { vec![PathBuf::from("profiles/de-region")] } else { packs };
                 cli::de_variant::bench(&bundles, &packs, file.fhir.package_cache.clone().map(PathBuf::from), limit)
             }
-            BenchCmd::Read { server, resources, concurrency, seconds } => cli::bench::read(server, resources, concurrency, seconds).await,
+            BenchCmd::Read { server, resources, concurrency, seconds, auth } => cli::bench::read(server, resources, concurrency, seconds, &auth).await,
             BenchCmd::Hl7v2 { messages, connections, seconds } => cli::bench::hl7v2(messages, connections, seconds).await,
             BenchCmd::Summary { server, persons, resources, concurrency, seconds } => {
                 cli::bench::summary(server, persons, resources, concurrency, seconds).await
@@ -512,14 +547,22 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(opts: ServerOptions, listen: &str, mllp: Option<&str>) -> Result<(), String> {
+async fn serve(opts: ServerOptions, listen: &str, mllp: Option<&str>, tls: Option<server::TlsFiles>) -> Result<(), String> {
+    // refuse an insecure non-loopback address before loading anything
+    if opts.api.auth.is_none() {
+        let loopback = tokio::net::lookup_host(listen).await.map(|mut a| a.all(|a| a.ip().is_loopback())).unwrap_or(false);
+        if !loopback {
+            return Err(format!("--insecure-dev serves without authentication and only on a loopback address; '{listen}' is not one (use 127.0.0.1:PORT or [::1]:PORT)"));
+        }
+    }
     let services = server::services(&opts).await.map_err(|e| e.to_string())?;
     let kind = services.store.kind();
-    let running = server::start_with_mllp(services, opts.api.clone(), listen, mllp).await.map_err(|e| e.to_string())?;
+    let https = tls.is_some();
+    let running = server::start_full(services, opts.api.clone(), listen, mllp, tls).await.map_err(|e| e.to_string())?;
     if let Some(m) = running.mllp_addr {
         tracing::info!(addr = %m, "HL7 v2 MLLP listening");
     }
-    tracing::info!(addr = %running.addr, store = kind, "carebridge listening");
+    tracing::info!(addr = %running.addr, store = kind, https, auth = opts.api.auth.is_some(), "carebridge listening");
     server::shutdown_signal().await;
     tracing::info!("shutting down");
     running.stop().await;

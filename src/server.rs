@@ -2,6 +2,15 @@
 //! router; graceful shutdown on Ctrl-C/SIGTERM. Used by `carebridge serve`,
 //! by the benchmarks and by the integration tests (which start the real
 //! server on a free loopback port).
+//!
+//! Transport (issue 7): plain HTTP, or HTTPS via rustls (TLS 1.2/1.3,
+//! RFC 8446) with the certificate and key re-read on SIGHUP without
+//! dropping the listener, and optional client certificates (a CA; each
+//! connection's certificate fingerprint travels with its requests so that
+//! members configured with `client_cert_sha256` are held to theirs).
+//!
+//! Invariant: a server without authentication (`ApiConfig.auth = None`,
+//! `serve --insecure-dev`) listens on a loopback address only.
 
 use crate::api::{self, ApiConfig, AppState};
 use crate::ingest::hl7v2::Hl7Config;
@@ -32,6 +41,56 @@ pub enum ServerError {
     Report(#[from] crate::report::ReportError),
     #[error("import mappings: {0}")]
     Import(#[from] crate::ingest::import::ImportError),
+    #[error("refusing to serve without authentication on {0}: without [auth] the gateway listens on a loopback address only (127.0.0.1 / ::1)")]
+    Insecure(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Certificate files for HTTPS (`[server.tls]`).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// request (but do not require) client certificates issued by this CA
+    pub client_ca: Option<PathBuf>,
+}
+
+
+/// Build the rustls server configuration from the PEM files.
+pub fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let e = |what: &std::path::Path, m: String| ServerError::Tls(format!("{}: {m}", what.display()));
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|x| e(&files.cert, x.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|x| e(&files.cert, x.to_string()))?;
+    if certs.is_empty() {
+        return Err(e(&files.cert, "no certificate in the file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|x| e(&files.key, x.to_string()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|x| ServerError::Tls(x.to_string()))?;
+    let builder = match &files.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).map_err(|x| e(ca, x.to_string()))? {
+                roots.add(c.map_err(|x| e(ca, x.to_string()))?).map_err(|x| e(ca, x.to_string()))?;
+            }
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|x| e(ca, x.to_string()))?;
+            builder.with_client_cert_verifier(v)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_single_cert(certs, key).map_err(|x| ServerError::Tls(x.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
 }
 
 #[derive(Debug, Clone)]
@@ -131,12 +190,27 @@ pub async fn start(services: Services, api_config: ApiConfig, listen: &str) -> R
 
 /// [`start`], plus an MLLP listener for HL7 v2 when `mllp` is given.
 pub async fn start_with_mllp(services: Services, api_config: ApiConfig, listen: &str, mllp: Option<&str>) -> Result<Running, ServerError> {
+    start_full(services, api_config, listen, mllp, None).await
+}
+
+/// [`start_with_mllp`], over HTTPS when `tls` is given.
+pub async fn start_full(services: Services, api_config: ApiConfig, listen: &str, mllp: Option<&str>, tls: Option<TlsFiles>) -> Result<Running, ServerError> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| ServerError::Bind(listen.to_owned(), e))?;
     let addr = listener.local_addr().map_err(|e| ServerError::Bind(listen.to_owned(), e))?;
     if api_config.dev_caller_header && !addr.ip().is_loopback() {
         let e = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "dev callers are for loopback test servers only");
         return Err(ServerError::Bind(listen.to_owned(), e));
     }
+    if api_config.auth.is_none() && !addr.ip().is_loopback() {
+        return Err(ServerError::Insecure(addr.to_string()));
+    }
+    if api_config.auth.is_some() && mllp.is_some() {
+        tracing::warn!("the MLLP listener has no authentication: expose it only to the network of the integration engines");
+    }
+    let tls_cfg = match &tls {
+        Some(f) => Some(tls_config(f)?),
+        None => None,
+    };
     let hl7: Hl7Config = api_config.hl7.clone();
     let import = match &api_config.mappings_dir {
         Some(dir) => Mappings::load_dir(dir, true)?,
@@ -155,6 +229,7 @@ pub async fn start_with_mllp(services: Services, api_config: ApiConfig, listen: 
         }
         None => None,
     };
+    let audit = api_config.auth.as_ref().map(|_| crate::pipeline::audit::AuditSink::start(services.clone()));
     let reports = Arc::new(crate::report::Reports::new(api_config.report.clone(), services.validator.fhirpath_model())?);
     match crate::report::export::resume(&services, &reports).await {
         Ok(0) => {}
@@ -164,16 +239,70 @@ pub async fn start_with_mllp(services: Services, api_config: ApiConfig, listen: 
     // subscription delivery (outbox → rest-hook endpoints), one worker per process
     let public = api_config.base_url.clone().map(|b| b.trim_end_matches('/').to_owned()).unwrap_or_else(|| format!("http://{addr}"));
     let worker = crate::subscription::deliver::spawn(services.clone(), public);
-    let app = api::router(Arc::new(AppState { services, config: api_config, hl7, import, reports }));
+    let app = api::router(Arc::new(AppState { services, config: api_config, hl7, import, reports, audit }));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await;
-    });
+    let handle = match (tls, tls_cfg) {
+        (Some(files), Some(cfg)) => tokio::spawn(serve_tls(listener, app, files, cfg, rx)),
+        _ => tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await;
+        }),
+    };
     Ok(Running { addr, mllp_addr, shutdown: Some(tx), handle, worker })
+}
+
+/// The HTTPS accept loop: one rustls handshake per connection with the
+/// current configuration (replaced on SIGHUP), then HTTP/1.1 on it.
+async fn serve_tls(listener: tokio::net::TcpListener, app: axum::Router, files: TlsFiles, cfg: Arc<rustls::ServerConfig>, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    let current = Arc::new(std::sync::RwLock::new(cfg));
+    #[cfg(unix)]
+    {
+        let (current, files) = (current.clone(), files.clone());
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                match tls_config(&files) {
+                    Ok(c) => {
+                        *current.write().unwrap_or_else(|e| e.into_inner()) = c;
+                        tracing::info!("TLS certificate and key reloaded (SIGHUP)");
+                    }
+                    Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = files;
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            _ = &mut stop => break,
+            a = listener.accept() => match a {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let cfg = current.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(stream) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await else { return };
+            let fp = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| {
+                use sha2::Digest;
+                sha2::Sha256::digest(c.as_ref()).iter().map(|b| format!("{b:02x}")).collect::<String>()
+            });
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(crate::api::access::PeerCert(fp.clone()));
+                let mut app = app.clone();
+                tower_service::Service::call(&mut app, req.map(axum::body::Body::new))
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+        });
+    }
 }
 
 /// Wait for Ctrl-C or SIGTERM.

@@ -77,7 +77,7 @@ pub async fn post_bundle(app: &AppState, r: &Req) -> Result<Response, ApiError> 
     let include_resources = ret == Some(ReturnPref::Representation);
     let reads: Vec<bool> = entries.iter().map(|e| matches!(e.method, Method::Get | Method::Head)).collect();
     let mut access = crate::auth::filter::Access::new(&app.services, &r.caller);
-    let pipe = Pipeline::new(&app.services).by(&r.caller);
+    let pipe = Pipeline::new(&app.services).by(&r.caller).audited(r.audit.clone());
     let raw: Vec<Result<EntryResult, crate::pipeline::PipelineError>> =
         if is_tx { pipe.transaction(entries).await?.into_iter().map(Ok).collect() } else { pipe.batch(entries).await };
     let mut results: Vec<Value> = Vec::with_capacity(raw.len());
@@ -101,7 +101,7 @@ pub async fn post_bundle(app: &AppState, r: &Req) -> Result<Response, ApiError> 
         "entry": results,
     });
     let interaction = if is_tx { "transaction" } else { "batch" };
-    super::access::finish(app, r, &access, interaction, fhir_response(StatusCode::OK, serde_json::to_vec(&out).unwrap_or_default(), r.pretty)).await
+    super::breakglass::finish(app, r, &access, interaction, fhir_response(StatusCode::OK, serde_json::to_vec(&out).unwrap_or_default(), r.pretty)).await
 }
 
 /// An entry's result as the caller may see it (`auth::filter`): a read the

@@ -85,7 +85,7 @@ pub fn write_response(r: &Req, res: EntryResult) -> Result<Response, ApiError> {
 /// Run one write; a representation of a resource the caller may not see
 /// (a conditional create that matched someone else's record) is left out.
 async fn run_one(app: &AppState, r: &Req, entry: Entry) -> Result<EntryResult, ApiError> {
-    let mut v = Pipeline::single(&app.services).by(&r.caller).transaction(vec![entry]).await?;
+    let mut v = Pipeline::single(&app.services).by(&r.caller).audited(r.audit.clone()).transaction(vec![entry]).await?;
     let mut res = v.remove(0);
     let mut access = Access::new(&app.services, &r.caller);
     if let (Some(body), Some((t, id)), false) = (res.body.clone(), res.target.clone(), access.is_unrestricted()) {
@@ -249,18 +249,18 @@ pub async fn read(app: &AppState, r: &Req, t: &str, id: &str) -> Result<Response
                     let mut resp = Response::new(axum::body::Body::empty());
                     *resp.status_mut() = StatusCode::NOT_MODIFIED;
                     resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag(row.version)).expect("ascii"));
-                    return super::access::finish(app, r, &access, "read", resp).await;
+                    return super::breakglass::finish(app, r, &access, "read", resp).await;
                 }
             }
             if t == "Patient" {
                 // linked records of the same person (MPI): `link` seealso, added on read, never stored
                 if let Some(b) = crate::identity::query::with_seealso(&app.services, id, &body).await? {
                     let resp = resource_response(r, &b, row.version, row.last_updated)?;
-                    return super::access::finish(app, r, &access, "read", resp).await;
+                    return super::breakglass::finish(app, r, &access, "read", resp).await;
                 }
             }
             let resp = resource_response(r, &body, row.version, row.last_updated)?;
-            super::access::finish(app, r, &access, "read", resp).await
+            super::breakglass::finish(app, r, &access, "read", resp).await
         }
         Some(row) => {
             check_deleted(app, &mut access, t, id).await?;
@@ -279,7 +279,7 @@ pub async fn vread(app: &AppState, r: &Req, t: &str, id: &str, vid: &str) -> Res
         Some(h) if h.body.is_some() => {
             let body = permitted(&mut access, t, id, h.body.as_ref().unwrap_or(&bytes::Bytes::new())).await?;
             let resp = resource_response(r, &body, h.version, h.last_updated)?;
-            super::access::finish(app, r, &access, "vread", resp).await
+            super::breakglass::finish(app, r, &access, "vread", resp).await
         }
         Some(_) => {
             check_deleted(app, &mut access, t, id).await?;

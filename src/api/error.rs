@@ -12,7 +12,8 @@ use crate::read::ReadError;
 use crate::search::SearchError;
 use crate::store::StoreError;
 use crate::summary::SummaryError;
-use axum::http::StatusCode;
+use crate::auth::token::{BearerError, TokenError};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 #[derive(Debug)]
@@ -23,6 +24,10 @@ pub enum ApiError {
     Report(crate::report::ReportError),
     /// a client error decided by the api layer itself
     Status(StatusCode, OperationOutcome),
+    /// no or a bad access token (401 + `WWW-Authenticate: Bearer`, RFC 6750 §3)
+    Bearer(crate::auth::token::BearerError),
+    /// the client's rate limit is used up: retry after this many seconds (429)
+    TooManyRequests(u64),
 }
 
 impl ApiError {
@@ -35,10 +40,19 @@ impl ApiError {
     pub fn not_found(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, IssueType::NotFound, msg)
     }
+    /// An access-control refusal (role policy, scopes, client certificate): 403.
+    pub fn forbidden(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, IssueType::Forbidden, msg)
+    }
 
     pub fn status_and_outcome(&self) -> (StatusCode, OperationOutcome) {
         match self {
             ApiError::Status(s, o) => (*s, o.clone()),
+            ApiError::Bearer(e) => (StatusCode::UNAUTHORIZED, OperationOutcome::error(IssueType::Login, e.to_string())),
+            ApiError::TooManyRequests(s) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                OperationOutcome::error(IssueType::Throttled, format!("rate limit of this client exceeded; retry after {s} s")),
+            ),
             ApiError::Pipeline(e) => {
                 let s = match e {
                     PipelineError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -149,6 +163,12 @@ impl From<crate::report::ReportError> for ApiError {
     }
 }
 
+impl From<crate::auth::policy::Denied> for ApiError {
+    fn from(d: crate::auth::policy::Denied) -> Self {
+        ApiError::forbidden(d.to_string())
+    }
+}
+
 impl From<PipelineError> for ApiError {
     fn from(e: PipelineError) -> Self {
         ApiError::Pipeline(e)
@@ -184,6 +204,45 @@ impl From<crate::identity::IdentityError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, oo) = self.status_and_outcome();
-        fhir_response(status, serde_json::to_vec(&oo.to_json()).unwrap_or_default(), false)
+        let mut r = fhir_response(status, serde_json::to_vec(&oo.to_json()).unwrap_or_default(), false);
+        match &self {
+            ApiError::Bearer(e) => {
+                let v = match e {
+                    BearerError::Missing => "Bearer realm=\"carebridge\"".to_owned(),
+                    BearerError::Invalid(m) => format!("Bearer realm=\"carebridge\", error=\"invalid_token\", error_description=\"{}\"", m.replace(['"', '\\'], "'")),
+                };
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            ApiError::TooManyRequests(s) => {
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*s));
+            }
+            _ => {}
+        }
+        r
     }
+}
+
+/// A token endpoint error as RFC 6749 §5.2 JSON: 401 for `invalid_client`
+/// (with `WWW-Authenticate`), 500 for storage faults, else 400.
+pub fn token_error_response(e: &TokenError) -> Response {
+    let status = match e {
+        TokenError::InvalidClient(_) => StatusCode::UNAUTHORIZED,
+        TokenError::Store(se) => {
+            tracing::error!(error = %se, "token endpoint storage failure");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let desc = match e {
+        TokenError::Store(_) => "internal error".to_owned(),
+        e => e.to_string(),
+    };
+    let body = serde_json::json!({"error": e.code(), "error_description": desc});
+    let mut r = super::access::json_response(status, serde_json::to_vec(&body).unwrap_or_default());
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"carebridge\""));
+    }
+    r
 }

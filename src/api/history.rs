@@ -148,5 +148,5 @@ pub async fn history(app: &AppState, r: &Req, t: Option<&str>, id: Option<&str>)
         _ => "history-system",
     };
     let resp = fhir_response(StatusCode::OK, serde_json::to_vec(&bundle).unwrap_or_default(), r.pretty);
-    super::access::finish(app, r, &access, interaction, resp).await
+    super::breakglass::finish(app, r, &access, interaction, resp).await
 }

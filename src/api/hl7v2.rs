@@ -11,7 +11,7 @@
 
 use super::error::ApiError;
 use super::{AppState, Req};
-use crate::ingest::hl7v2::handle;
+use crate::ingest::hl7v2::handle_audited;
 use crate::translate::hl7v2::AckCode;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -22,7 +22,7 @@ pub async fn post(app: &AppState, r: &Req) -> Result<Response, ApiError> {
     if r.body.is_empty() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, crate::fhir::IssueType::Required, "POST /hl7v2 needs an HL7 v2 message body"));
     }
-    let out = handle(&app.services, &app.hl7, &r.body).await;
+    let out = handle_audited(&app.services, &app.hl7, &r.body, r.audit.clone()).await;
     let status = match out.code {
         AckCode::AA | AckCode::CA => StatusCode::OK,
         AckCode::AE | AckCode::CE => StatusCode::UNPROCESSABLE_ENTITY,

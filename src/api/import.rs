@@ -69,7 +69,7 @@ pub async fn post(app: &AppState, r: &Req, institution: &str) -> Result<Response
         return Err(ApiError::new(StatusCode::BAD_REQUEST, IssueType::Required, format!("POST /import/{institution} needs the export as the body")));
     }
     let all_or_nothing = matches!(r.param("all-or-nothing"), Some("true" | "1" | ""));
-    let req = ImportRequest { bytes: r.body.clone(), format, file_name: file_name(r), all_or_nothing };
+    let req = ImportRequest { bytes: r.body.clone(), format, file_name: file_name(r), all_or_nothing, audit: r.audit.clone() };
     let report = import(&app.services, mapping, req, &|_| {}).await?;
     let status = if report.nothing_imported() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
     Ok(super::negotiate::fhir_response(status, serde_json::to_vec(&report.to_outcome()).unwrap_or_default(), r.pretty))

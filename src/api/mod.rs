@@ -10,7 +10,8 @@
 //!
 //! Invariant: no handler writes to the store except through `pipeline`.
 
-mod access;
+pub mod access;
+mod breakglass;
 mod bundle;
 mod crud;
 pub mod error;
@@ -56,11 +57,15 @@ pub struct ApiConfig {
     /// configuration, and the server refuses it on a non-loopback address;
     /// authentication replaces it.
     pub dev_caller_header: bool,
+    /// SMART Backend Services authentication, role policy, rate limits
+    /// (`[auth]`); `None` = insecure development mode (loopback only):
+    /// every request runs as the development operator, unaudited.
+    pub auth: Option<Arc<crate::auth::token::Authenticator>>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024, hl7: Default::default(), mappings_dir: None, report: Default::default(), dev_caller_header: false }
+        ApiConfig { base_url: None, max_body_bytes: 64 * 1024 * 1024, hl7: Default::default(), mappings_dir: None, report: Default::default(), dev_caller_header: false, auth: None }
     }
 }
 
@@ -73,6 +78,8 @@ pub struct AppState {
     pub import: crate::ingest::import::Mappings,
     /// measures, report facts, export jobs
     pub reports: Arc<crate::report::Reports>,
+    /// writer of access AuditEvents (reads, refusals); `Some` when auth is configured
+    pub audit: Option<crate::pipeline::audit::AuditSink>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -92,6 +99,9 @@ pub struct Req {
     pub pretty: bool,
     /// who is calling (see `auth`)
     pub caller: crate::auth::Caller,
+    /// the request's audit record template, for handlers that write through
+    /// the pipeline (the change's AuditEvent goes into its transaction)
+    pub audit: Option<crate::auth::audit::AccessRecord>,
 }
 
 impl Req {
@@ -100,12 +110,12 @@ impl Req {
     }
 }
 
-fn base_url(cfg: &ApiConfig, headers: &HeaderMap) -> String {
+fn base_url(cfg: &ApiConfig, headers: &HeaderMap, https: bool) -> String {
     if let Some(b) = &cfg.base_url {
         return b.trim_end_matches('/').to_owned();
     }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    format!("http://{host}")
+    format!("{}://{host}", if https { "https" } else { "http" })
 }
 
 async fn dispatch(State(app): State<Shared>, req: Request) -> Response {
@@ -115,8 +125,7 @@ async fn dispatch(State(app): State<Shared>, req: Request) -> Response {
     }
 }
 
-async fn read_body(app: &AppState, body: Body, headers: &HeaderMap) -> Result<bytes::Bytes, ApiError> {
-    let limit = app.config.max_body_bytes;
+async fn read_body(limit: usize, body: Body, headers: &HeaderMap) -> Result<bytes::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -162,6 +171,29 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
         negotiate::check_accept(&parts.headers, format)?;
     }
     let path = parts.uri.path().trim_matches('/');
+    // the TLS listener marks its requests with the peer certificate (or its absence)
+    let https = parts.extensions.get::<access::PeerCert>().is_some();
+    let base = base_url(&app.config, &parts.headers, https);
+    // the SMART endpoints answer without a bearer token (RFC 6749 / SMART discovery)
+    if app.config.auth.is_some() && (path == "auth/token" || path.starts_with(".well-known/")) {
+        let b = if parts.method == Method::POST { read_body(64 * 1024, body, &parts.headers).await? } else { bytes::Bytes::new() };
+        return match access::auth_endpoint(app, &parts.method, path, &parts.headers, &b, &base).await {
+            Some(r) => Ok(r),
+            None => Err(ApiError::not_found(format!("no endpoint at /{path}"))),
+        };
+    }
+    // who is calling: 401 before anything else is read (metadata stays public)
+    let caller = if path == "metadata" { crate::auth::Caller::dev_operator() } else { access::authenticate(app, &parts.headers)? };
+    let mut limit = app.config.max_body_bytes;
+    if let Some(auth) = &app.config.auth {
+        if path != "metadata" {
+            access::rate_limit(auth, &caller)?;
+            access::check_client_cert(auth, &caller, &parts.extensions)?;
+            if let Some(l) = auth.client(&caller.client_id).and_then(|c| c.max_body_bytes) {
+                limit = l;
+            }
+        }
+    }
     let segs: Vec<String> = if path.is_empty() {
         vec![]
     } else {
@@ -171,7 +203,7 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
     };
     let has_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
     let body = if has_body {
-        let b = read_body(app, body, &parts.headers).await?;
+        let b = read_body(limit, body, &parts.headers).await?;
         let is_form_search = segs.last().map(|s| s == "_search").unwrap_or(false);
         if !is_form_search && !is_v2 && !is_import && !b.is_empty() {
             negotiate::check_content_type(&parts.headers)?;
@@ -181,9 +213,22 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
         bytes::Bytes::new()
     };
     let pretty = query.iter().any(|(k, v)| k == "_pretty" && v == "true");
-    let caller = dev_caller(&app.config, &parts.headers);
-    let r = Req { method: parts.method.clone(), base: base_url(&app.config, &parts.headers), segs, query, headers: parts.headers, body, pretty, caller };
-    route(app, r).await
+    // development servers without [auth]: the test-only caller header, when enabled
+    let caller = if app.config.auth.is_none() && app.config.dev_caller_header { dev_caller(&app.config, &parts.headers) } else { caller };
+    let what = access::classify(app, &parts.method, &segs);
+    let record = if app.audit.is_some() { access::record_for(&caller, &what, &segs, &query) } else { None };
+    if let Err(denied) = access::authorize(app, &caller, &what, &query, &body) {
+        return match record {
+            Some(rec) => access::audit_after(app, rec, Err(denied)).await,
+            None => Err(denied),
+        };
+    }
+    let r = Req { method: parts.method.clone(), base, segs, query, headers: parts.headers, body, pretty, caller, audit: record.clone() };
+    let result = route(app, r).await;
+    match record {
+        Some(rec) => access::audit_after(app, rec, result).await,
+        None => result,
+    }
 }
 
 /// The caller of a request: the development operator, or (tests only, when

@@ -103,7 +103,7 @@ pub async fn patient_match(app: &AppState, r: &Req) -> Result<Response, ApiError
         "total": entries.len(),
         "entry": entries,
     });
-    super::access::finish(app, r, &access, "operation", fhir_response(StatusCode::OK, serde_json::to_vec(&bundle).unwrap_or_default(), r.pretty)).await
+    super::breakglass::finish(app, r, &access, "operation", fhir_response(StatusCode::OK, serde_json::to_vec(&bundle).unwrap_or_default(), r.pretty)).await
 }
 
 /// `GET|POST /Patient/$ihe-pix`
@@ -161,7 +161,7 @@ pub async fn ihe_pix(app: &AppState, r: &Req) -> Result<Response, ApiError> {
     let mut out: Vec<Value> = identifiers.into_iter().map(|i| json!({"name": "targetIdentifier", "valueIdentifier": i})).collect();
     out.extend(ids.into_iter().map(|p| json!({"name": "targetId", "valueReference": {"reference": format!("Patient/{p}")}})));
     let params = json!({"resourceType": "Parameters", "parameter": out});
-    super::access::finish(app, r, &access, "operation", fhir_response(StatusCode::OK, serde_json::to_vec(&params).unwrap_or_default(), r.pretty)).await
+    super::breakglass::finish(app, r, &access, "operation", fhir_response(StatusCode::OK, serde_json::to_vec(&params).unwrap_or_default(), r.pretty)).await
 }
 
 fn patient_ref(p: &Value) -> Option<String> {
@@ -187,7 +187,7 @@ pub async fn person_op(app: &AppState, r: &Req, op: &str) -> Result<Response, Ap
         ("$unlink", [p]) => ManualOp::Unlink { patient: p.clone(), note: note(&ps) },
         _ => return Err(ApiError::bad_request("$unlink needs one 'patient' parameter (valueReference Patient/…)")),
     };
-    let msg = Pipeline::single(&app.services).identity(&m).await?;
+    let msg = Pipeline::single(&app.services).audited(r.audit.clone()).identity(&m).await?;
     Ok(ok_outcome(r, msg))
 }
 
@@ -198,6 +198,6 @@ pub async fn review(app: &AppState, r: &Req, id: &str, confirm: bool) -> Result<
     }
     let ps = if r.body.is_empty() { vec![] } else { parameters(r)? };
     let m = ManualOp::Review { task: id.to_owned(), confirm, note: note(&ps) };
-    let msg = Pipeline::single(&app.services).identity(&m).await?;
+    let msg = Pipeline::single(&app.services).audited(r.audit.clone()).identity(&m).await?;
     Ok(ok_outcome(r, msg))
 }

@@ -37,7 +37,7 @@ pub async fn search(app: &AppState, r: &Req, t: &str) -> Result<Response, ApiErr
     let mut access = crate::auth::filter::Access::new(&app.services, &r.caller);
     let out = read::search(&app.services, &req, &mut access).await?;
     let body = searchset_bundle(&r.base, &req, &out);
-    super::access::finish(app, r, &access, "search-type", fhir_response(StatusCode::OK, body, r.pretty)).await
+    super::breakglass::finish(app, r, &access, "search-type", fhir_response(StatusCode::OK, body, r.pretty)).await
 }
 
 fn link_url(base: &str, req: &SearchRequest, page: Option<&str>) -> String {

@@ -113,11 +113,11 @@ pub async fn everything(app: &AppState, r: &Req, id: &str) -> Result<Response, A
         b.push(b']');
     }
     b.push(b'}');
-    super::access::finish(app, r, &access, "operation", fhir_response(StatusCode::OK, b, r.pretty)).await
+    super::breakglass::finish(app, r, &access, "operation", fhir_response(StatusCode::OK, b, r.pretty)).await
 }
 
 pub async fn summary(app: &AppState, r: &Req, id: &str) -> Result<Response, ApiError> {
     let mut access = crate::auth::filter::Access::new(&app.services, &r.caller);
     let doc = summary::ips(&app.services, id, &r.base, datetime::now_micros(), &mut access).await?;
-    super::access::finish(app, r, &access, "operation", fhir_response(StatusCode::OK, doc, r.pretty)).await
+    super::breakglass::finish(app, r, &access, "operation", fhir_response(StatusCode::OK, doc, r.pretty)).await
 }

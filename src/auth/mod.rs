@@ -7,12 +7,25 @@
 //! every request runs as [`Caller::dev_operator`], the unrestricted local
 //! operator of a development server.
 //!
+//! | file | what |
+//! | --- | --- |
+//! | `token.rs` | SMART Backend Services: client assertions, access tokens, bearer checks |
+//! | `scope.rs` | SMART v2 `system/` scopes |
+//! | `policy.rs` | the role policy (member type × interaction × resource category) and [`policy::decide`] |
+//! | `audit.rs` | IHE BALP AuditEvent records of every access |
+//! | `ratelimit.rs` | per-client token buckets |
+//!
 //! Invariant: other modules decide on a [`Caller`]'s `member_type` and
 //! `member`, never on how the caller authenticated.
 
 pub mod consent;
 pub mod filter;
 pub mod relationship;
+pub mod audit;
+pub mod policy;
+pub mod ratelimit;
+pub mod scope;
+pub mod token;
 
 use serde::{Deserialize, Serialize};
 

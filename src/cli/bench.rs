@@ -67,7 +67,83 @@ pub async fn target_with(server: Option<String>, validation: crate::services::Va
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("http client")
+    client_with(None)
+}
+
+/// A client that sends `Authorization: Bearer <token>` on every request when given one.
+fn client_with(token: Option<&str>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder().pool_max_idle_per_host(64);
+    if let Some(t) = token {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::AUTHORIZATION, reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).expect("ascii token"));
+        b = b.default_headers(h);
+    }
+    b.build().expect("http client")
+}
+
+/// An in-process gateway with authentication: one hospital client (ES384
+/// key generated here), the shipped role policy, audit on; returns the
+/// target and an access token for `system/*.cruds`.
+pub async fn target_auth() -> Result<(Target, String), String> {
+    use crate::auth::token::{AuthSettings, Authenticator, ClientReg, GatewayKey};
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P384_SHA384_FIXED_SIGNING};
+    use base64::Engine;
+    let kp = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).map_err(|e| e.to_string())?;
+    let pkcs8 = kp.to_pkcs8v1().map_err(|e| e.to_string())?;
+    let public = kp.public_key().as_ref().to_vec();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(json!({"keys": [{"kty": "EC", "crv": "P-384", "alg": "ES384", "kid": "bench", "x": b64(&public[1..49]), "y": b64(&public[49..97])}]}))
+        .map_err(|e| e.to_string())?;
+    let reg = ClientReg {
+        client_id: "bench".into(),
+        member: "bench-hospital".into(),
+        member_type: crate::auth::MemberType::Hospital,
+        jwks,
+        scopes: vec![crate::auth::scope::Scope::parse("system/*.cruds")?],
+        rate: None,
+        max_body_bytes: None,
+        client_cert_sha256: vec![],
+    };
+    let settings = AuthSettings {
+        clients: [("bench".to_owned(), reg)].into_iter().collect(),
+        policy: crate::auth::policy::RolePolicy::default_policy(),
+        token_url: None,
+        issuer: "urn:carebridge:bench".into(),
+        token_lifetime: 3600,
+        clock_skew: 60,
+        key: GatewayKey::generate(),
+        rate: None,
+    };
+    let dir = std::env::temp_dir().join(format!("carebridge-bench-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let opts = crate::server::ServerOptions {
+        database_url: format!("sqlite:{}", dir.join("bench.db").display()),
+        package_cache: None,
+        api: crate::api::ApiConfig { auth: Some(Arc::new(Authenticator::new(settings))), ..Default::default() },
+        validation: Default::default(),
+        packs: vec![],
+        mpi: Default::default(),
+        access: Default::default(),
+    };
+    let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
+    let running = crate::server::start(services, opts.api, "127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let base = running.base_url();
+    println!("in-process gateway with authentication at {base} (SQLite, {})", dir.display());
+    let now = (crate::fhir::datetime::now_micros() / 1_000_000) as i64;
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
+    h.kid = Some("bench".into());
+    let claims = json!({"iss": "bench", "sub": "bench", "aud": format!("{base}/auth/token"), "exp": now + 240, "jti": uuid::Uuid::new_v4().to_string()});
+    let assertion = jsonwebtoken::encode(&h, &claims, &jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref())).map_err(|e| e.to_string())?;
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "client_credentials")
+        .append_pair("client_assertion_type", crate::auth::token::ASSERTION_TYPE)
+        .append_pair("client_assertion", &assertion)
+        .append_pair("scope", "system/*.cruds")
+        .finish();
+    let r = client().post(format!("{base}/auth/token")).header("content-type", "application/x-www-form-urlencoded").body(form).send().await.map_err(|e| e.to_string())?;
+    let v: Value = r.json_bytes().await?;
+    let token = v.get("access_token").and_then(Value::as_str).ok_or_else(|| format!("no token: {v}"))?.to_owned();
+    Ok((Target { base, _server: Some(running), _dir: Some(dir) }, token))
 }
 
 pub async fn ingest(
@@ -147,7 +223,10 @@ async fn load_generator(base: &str, urls: Arc<Vec<String>>, concurrency: usize, 
 /// [`load_generator`] with `X-Carebridge-Dev-Caller: caller` on every request (a
 /// development gateway, `ApiConfig::dev_caller_header`).
 async fn load_generator_as(base: &str, urls: Arc<Vec<String>>, concurrency: usize, duration: Duration, caller: Option<&str>) -> (usize, usize, Vec<u64>) {
-    let c = client();
+    load_generator_with(client(), base, urls, concurrency, duration, caller).await
+}
+
+async fn load_generator_with(c: reqwest::Client, base: &str, urls: Arc<Vec<String>>, concurrency: usize, duration: Duration, caller: Option<&str>) -> (usize, usize, Vec<u64>) {
     let caller = caller.map(str::to_owned);
     let deadline = Instant::now() + duration;
     let mut set = tokio::task::JoinSet::new();
@@ -217,9 +296,38 @@ impl JsonBytes for reqwest::Response {
     }
 }
 
-pub async fn read(server: Option<String>, resources: usize, concurrency: usize, seconds: u64) -> Result<(), String> {
-    let t = target(server).await?;
-    let c = client();
+/// `bench read --auth off|on|both`: without authentication (insecure
+/// development mode), with it (bearer token, role policy, audit record of
+/// every read), or both one after the other with the p99 overhead.
+pub async fn read(server: Option<String>, resources: usize, concurrency: usize, seconds: u64, auth: &str) -> Result<(), String> {
+    match auth {
+        "off" => read_one(server, resources, concurrency, seconds, false).await.map(|_| ()),
+        "on" if server.is_none() => read_one(None, resources, concurrency, seconds, true).await.map(|_| ()),
+        "both" if server.is_none() => {
+            let off = read_one(None, resources, concurrency, seconds, false).await?;
+            let on = read_one(None, resources, concurrency, seconds, true).await?;
+            println!(
+                "bench read auth overhead: p99 {:.3} ms without auth, {:.3} ms with auth (token check, role policy, audit record): {:+.1} %",
+                off as f64 / 1000.0,
+                on as f64 / 1000.0,
+                (on as f64 - off as f64) / off.max(1) as f64 * 100.0
+            );
+            Ok(())
+        }
+        "on" | "both" => Err("--auth on|both runs its own in-process gateway (no --server)".into()),
+        a => Err(format!("--auth '{a}': expected off, on or both")),
+    }
+}
+
+/// One read run; returns the p99 latency in µs.
+async fn read_one(server: Option<String>, resources: usize, concurrency: usize, seconds: u64, auth: bool) -> Result<u64, String> {
+    let (t, token) = if auth {
+        let (t, tok) = target_auth().await?;
+        (t, Some(tok))
+    } else {
+        (target(server).await?, None)
+    };
+    let c = client_with(token.as_deref());
     let mut urls = Vec::with_capacity(resources);
     for chunk_start in (0..resources).step_by(500) {
         let n = (resources - chunk_start).min(500);
@@ -240,9 +348,10 @@ pub async fn read(server: Option<String>, resources: usize, concurrency: usize, 
         }
     }
     println!("seeded {} Patients; reading with {concurrency} clients for {seconds} s", urls.len());
-    let (ok, err, lat) = load_generator(&t.base, Arc::new(urls), concurrency, Duration::from_secs(seconds)).await;
-    report("read", ok, err, &lat, seconds as f64);
-    Ok(())
+    let (ok, err, mut lat) = load_generator_with(c, &t.base, Arc::new(urls), concurrency, Duration::from_secs(seconds), None).await;
+    lat.sort_unstable();
+    report(if auth { "read (auth on)" } else { "read (auth off)" }, ok, err, &lat, seconds as f64);
+    Ok(percentile(&lat, 0.99))
 }
 
 pub async fn search(server: Option<String>, observations: usize, concurrency: usize, seconds: u64) -> Result<(), String> {
@@ -563,7 +672,7 @@ pub async fn import(rows: usize, per_patient: usize) -> Result<(), String> {
     let services = crate::server::services(&opts).await.map_err(|e| e.to_string())?;
     let mapping = Arc::new(mapping);
     for pass in ["first import", "re-import (idempotent)"] {
-        let req = ImportRequest { bytes: csv.clone().into_bytes().into(), format: Format::Csv, file_name: "bench.csv".into(), all_or_nothing: false };
+        let req = ImportRequest { bytes: csv.clone().into_bytes().into(), format: Format::Csv, file_name: "bench.csv".into(), all_or_nothing: false, audit: None };
         let t0 = Instant::now();
         let r = import(&services, mapping.clone(), req, &|_| {}).await.map_err(|e| e.to_string())?;
         let secs = t0.elapsed().as_secs_f64();

@@ -92,7 +92,7 @@ pub async fn run(target: Target, institution: &str, file: &Path, format: Format,
             } else {
                 ProgressBar::new_spinner()
             };
-            let req = ImportRequest { bytes: bytes.into(), format, file_name, all_or_nothing };
+            let req = ImportRequest { bytes: bytes.into(), format, file_name, all_or_nothing, audit: None };
             let pb2 = pb.clone();
             let report = import(&services, mapping, req, &move |n| pb2.inc(n as u64)).await.map_err(|e| e.to_string())?;
             pb.finish_and_clear();

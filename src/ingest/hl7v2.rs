@@ -188,6 +188,11 @@ fn drop_unknown_extensions(services: &Services, bundle: &mut Value, warnings: &m
 /// Handle one message (bytes as received: UTF-8, optionally with a BOM, or
 /// Latin-1 when MSH-18 says so).
 pub async fn handle(services: &Services, cfg: &Hl7Config, raw: &[u8]) -> Hl7Outcome {
+    handle_audited(services, cfg, raw, None).await
+}
+
+/// [`handle`], writing the request's AuditEvent in the message's transaction.
+pub async fn handle_audited(services: &Services, cfg: &Hl7Config, raw: &[u8], audit: Option<crate::auth::audit::AccessRecord>) -> Hl7Outcome {
     let buf = match MessageBuf::from_bytes(raw) {
         Ok(b) => b,
         Err(e) => return reject(&InboundHeader::default(), AckCode::AR, &[AckError::from(&e)]),
@@ -211,7 +216,7 @@ pub async fn handle(services: &Services, cfg: &Hl7Config, raw: &[u8]) -> Hl7Outc
         Ok(e) => e,
         Err(m) => return reject(&header, AckCode::AE, &[AckError::new(207, Severity::Error).message(m)]),
     };
-    match Pipeline::new(services).transaction(entries).await {
+    match Pipeline::new(services).audited(audit).transaction(entries).await {
         Ok(results) => {
             let provenance = results
                 .iter()

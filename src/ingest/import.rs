@@ -107,6 +107,8 @@ pub struct ImportRequest {
     pub format: Format,
     pub file_name: String,
     pub all_or_nothing: bool,
+    /// who asked: each unit's transaction also writes this AuditEvent
+    pub audit: Option<crate::auth::audit::AccessRecord>,
 }
 
 /// One reported problem.
@@ -230,12 +232,12 @@ pub async fn import(services: &Services, mapping: Arc<Mapping>, req: ImportReque
         let (bundle, entry_rows) = merge_groups(&t);
         let rows = t.groups.iter().flat_map(|g| g.rows.iter().copied()).collect();
         let mut units = vec![Unit { bundle, entry_rows, rows }];
-        run_units(services, &mut units, &mut report, progress, true).await?;
+        run_units(services, &mut units, &mut report, progress, true, req.audit.clone()).await?;
         return Ok(report);
     }
 
     let mut units: Vec<Unit> = t.groups.into_iter().map(|g| Unit { bundle: g.bundle, entry_rows: g.entry_rows, rows: g.rows }).collect();
-    run_units(services, &mut units, &mut report, progress, false).await?;
+    run_units(services, &mut units, &mut report, progress, false, req.audit.clone()).await?;
     Ok(report)
 }
 
@@ -324,12 +326,12 @@ struct Unit {
     rows: Vec<usize>,
 }
 
-async fn run_units(services: &Services, units: &mut [Unit], report: &mut ImportReport, progress: Progress<'_>, whole_file: bool) -> Result<(), ImportError> {
+async fn run_units(services: &Services, units: &mut [Unit], report: &mut ImportReport, progress: Progress<'_>, whole_file: bool, audit: Option<crate::auth::audit::AccessRecord>) -> Result<(), ImportError> {
     for Unit { bundle, entry_rows, rows } in units.iter_mut() {
         let before = current_versions(services, bundle).await?;
         adjust_provenance(bundle, &before);
         let entries = bundle_entries(bundle).map_err(|m| ImportError::Input(TabularError::Unreadable(m)))?;
-        match Pipeline::new(services).transaction(entries).await {
+        match Pipeline::new(services).audited(audit.clone()).transaction(entries).await {
             Ok(results) => {
                 report.rows_imported += rows.len();
                 count_writes(report, &results, &before);

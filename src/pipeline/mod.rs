@@ -23,6 +23,7 @@
 //! elements, decimal text) plus server-set `id`, `meta.versionId`,
 //! `meta.lastUpdated`; no typed model round-trip.
 
+pub mod audit;
 mod resolve;
 
 use crate::fhir::{datetime, is_valid_id, json, IssueType, OperationOutcome};
@@ -334,6 +335,9 @@ pub struct Pipeline<'a> {
     /// who asks (REST: the request's caller); None for system sources
     /// (HL7 v2, import, load) that run with the gateway's own authority
     caller: Option<crate::auth::Caller>,
+    /// who asked: every transaction then also writes the request's
+    /// AuditEvent (IHE BALP) in the same database transaction
+    audit: Option<crate::auth::audit::AccessRecord>,
 }
 
 /// An entry after identity resolution.
@@ -354,18 +358,26 @@ struct Planned {
 impl<'a> Pipeline<'a> {
     /// A pipeline for Bundles (issues are located at their entry).
     pub fn new(services: &'a Services) -> Self {
-        Pipeline { services, in_bundle: true, caller: None }
+        Pipeline { services, in_bundle: true, caller: None, audit: None }
     }
 
     /// A pipeline for a single REST interaction (no entry locations).
     pub fn single(services: &'a Services) -> Self {
-        Pipeline { services, in_bundle: false, caller: None }
+        Pipeline { services, in_bundle: false, caller: None, audit: None }
     }
 
     /// Run this pipeline's changes on behalf of `caller` (role checks of
     /// workflow transitions; the owner of Subscriptions it creates).
     pub fn by(mut self, caller: &crate::auth::Caller) -> Self {
         self.caller = Some(caller.clone());
+        self
+    }
+
+    /// Audit every transaction of this pipeline as `record` (data and
+    /// patients are filled from what is written), in the same database
+    /// transaction as the change.
+    pub fn audited(mut self, record: Option<crate::auth::audit::AccessRecord>) -> Self {
+        self.audit = record;
         self
     }
 
@@ -518,6 +530,11 @@ impl<'a> Pipeline<'a> {
                 current: w.body.clone(),
             })
             .collect();
+        if let Some(rec) = &self.audit {
+            let status = results.iter().flatten().map(|r| r.status).max().unwrap_or(200);
+            let w = audit::change_record(self.services, rec, &writes, status, now)?;
+            writes.push(w);
+        }
         if !writes.is_empty() {
             tx.write(writes).await?;
         }
@@ -547,7 +564,11 @@ impl<'a> Pipeline<'a> {
     /// transaction; returns what was done.
     pub async fn identity(&self, op: &crate::identity::ManualOp) -> Result<String, PipelineError> {
         let mut tx = self.services.store.begin().await?;
-        let msg = crate::identity::manual(self.services, tx.as_mut(), op, datetime::now_micros()).await?;
+        let now = datetime::now_micros();
+        let msg = crate::identity::manual(self.services, tx.as_mut(), op, now).await?;
+        if let Some(rec) = &self.audit {
+            tx.write(vec![audit::change_record(self.services, rec, &[], 200, now)?]).await?;
+        }
         tx.commit().await?;
         Ok(msg)
     }
@@ -572,7 +593,7 @@ impl<'a> Pipeline<'a> {
             } else {
                 let mut e = e;
                 e.full_url = None;
-                Pipeline { services: self.services, in_bundle: false, caller: self.caller.clone() }.transaction(vec![e]).await.map(|mut v| v.remove(0))
+                Pipeline { services: self.services, in_bundle: false, caller: self.caller.clone(), audit: self.audit.clone() }.transaction(vec![e]).await.map(|mut v| v.remove(0))
             };
             out.push(r.map_err(|err| err.in_entry(i)));
         }

@@ -17,7 +17,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres.sql"),
     include_str!("migrations/postgres-2-mpi.sql"),
     include_str!("migrations/postgres-3-export.sql"),
-    include_str!("migrations/postgres-4-subscription.sql"),
+    include_str!("migrations/postgres-4-auth.sql"),
+    include_str!("migrations/postgres-5-subscription.sql"),
 ];
 
 pub struct PgStore {

@@ -20,7 +20,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite.sql"),
     include_str!("migrations/sqlite-2-mpi.sql"),
     include_str!("migrations/sqlite-3-export.sql"),
-    include_str!("migrations/sqlite-4-subscription.sql"),
+    include_str!("migrations/sqlite-4-auth.sql"),
+    include_str!("migrations/sqlite-5-subscription.sql"),
 ];
 
 pub struct SqliteStore {

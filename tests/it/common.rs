@@ -1,6 +1,11 @@
 //! Test harness: the real gateway on a free loopback port, on SQLite (a temp
 //! file) or on PostgreSQL (a uniquely named database created for the test and
 //! dropped after it; server URL from `CAREBRIDGE_TEST_POSTGRES`).
+//!
+//! `ApiConfig::default()` has no authentication: the equivalent of
+//! `serve --insecure-dev`, allowed because the servers listen on loopback
+//! (every request runs as the development operator). Tests of access
+//! control pass `ApiConfig { auth: Some(…) }` (see `auth.rs`).
 
 use carebridge::api::ApiConfig;
 use carebridge::search::Registry;

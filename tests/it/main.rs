@@ -3,6 +3,7 @@
 //! third-party data in `../shared` print that they were skipped when it is
 //! missing.
 
+mod auth;
 mod cli;
 mod common;
 mod consent;

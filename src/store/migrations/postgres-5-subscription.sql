@@ -1,4 +1,4 @@
--- carebridge schema (PostgreSQL): topic-based subscriptions (R4 Subscriptions Backport IG). Keep in step with sqlite-4-subscription.sql.
+-- carebridge schema (PostgreSQL): topic-based subscriptions (R4 Subscriptions Backport IG). Keep in step with sqlite-5-subscription.sql.
 -- sub_state: one row per Subscription resource: its channel, topic, filter, the
 -- event counter (events since subscription start), the delivery watermark
 -- (last event number delivered; per-endpoint order = event number order),

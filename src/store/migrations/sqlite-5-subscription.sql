@@ -1,4 +1,4 @@
--- carebridge schema (SQLite): topic-based subscriptions (R4 Subscriptions Backport IG). Keep in step with postgres-4-subscription.sql.
+-- carebridge schema (SQLite): topic-based subscriptions (R4 Subscriptions Backport IG). Keep in step with postgres-5-subscription.sql.
 -- sub_state: one row per Subscription resource: its channel, topic, filter, the
 -- event counter (events since subscription start), the delivery watermark
 -- (last event number delivered; per-endpoint order = event number order),

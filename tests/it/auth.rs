@@ -52,7 +52,15 @@ async fn start(backend: Backend, extra: &str) -> TestServer {
         mappings_dir: Some(std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))),
         ..Default::default()
     };
-    TestServer::start_opts(backend, api, ValidationMode::Off).await
+    // These tests check the role-policy layer; care relationships and Consent
+    // (the next layer, `consent::*`) are switched off: an opt-out region
+    // without the care-relationship rule.
+    let access = carebridge::services::access::AccessConfig {
+        default_policy: carebridge::services::access::DefaultPolicy::OptOut,
+        care_relationship: false,
+        ..Default::default()
+    };
+    TestServer::start_api_access(backend, api, ValidationMode::Off, access).await
 }
 
 fn backends() -> Vec<Backend> {

@@ -124,6 +124,12 @@ impl TestServer {
         Self::start_inner(backend, api, ValidationMode::Enforce, false, validator, Default::default(), access).await
     }
 
+    /// A server with `api` settings (e.g. `[auth]`) under the given access policy.
+    pub async fn start_api_access(backend: Backend, api: ApiConfig, validation: ValidationMode, access: carebridge::services::access::AccessConfig) -> TestServer {
+        let validator = crate::validator_suite::validator_arc().await;
+        Self::start_inner(backend, api, validation, false, validator, Default::default(), access).await
+    }
+
     async fn start_inner(
         backend: Backend,
         api: ApiConfig,

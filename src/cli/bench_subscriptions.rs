@@ -210,7 +210,7 @@ fn free_port() -> Result<u16, String> {
 
 async fn start_gateway(exe: &PathBuf, listen: &str, db: &str, client: &reqwest::Client) -> Result<Gateway, String> {
     let child = std::process::Command::new(exe)
-        .args(["serve", "--listen", listen, "--db", db])
+        .args(["serve", "--insecure-dev", "--listen", listen, "--db", db])
         .env("CAREBRIDGE_LOG", "error")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

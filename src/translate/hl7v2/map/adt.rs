@@ -39,12 +39,7 @@ use crate::translate::hl7v2::{Location, Segment};
 pub(crate) fn adt(ctx: &mut Ctx<'_, '_>) {
     let msg = ctx.msg;
     let segs: Vec<Segment<'_, '_>> = msg.segments().collect();
-    let Some(pid_i) = segs.iter().position(|s| s.id() == "PID") else {
-        ctx.error(
-            100,
-            Some(Location::segment("PID", 1)),
-            "PID segment missing",
-        );
+    let Some(pid_i) = ctx.require(&segs, "PID", "PID segment missing") else {
         return;
     };
     let pid = segs[pid_i];

@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use super::ids::resource_id;
 use super::prune::{has_empty, prune};
 use super::InstitutionConfig;
-use crate::translate::hl7v2::{AckError, Hl7DateTime, Location, Message, Severity};
+use crate::translate::hl7v2::{AckError, Hl7DateTime, Location, Message, Segment, Severity};
 
 /// One bundle entry: a resource to PUT, or (resource `None`) a DELETE.
 pub(crate) struct Entry {
@@ -154,6 +154,17 @@ impl<'x, 'a> Ctx<'x, 'a> {
     }
 
     // -- errors ----------------------------------------------------------
+
+    /// The index of the first `id` segment in `segs`; when there is none,
+    /// records error 100 (segment sequence error) at that segment and
+    /// returns `None`, so the mapper stops.
+    pub fn require(&mut self, segs: &[Segment<'_, '_>], id: &str, text: &str) -> Option<usize> {
+        let i = segs.iter().position(|s| s.id() == id);
+        if i.is_none() {
+            self.error(100, Some(Location::segment(id, 1)), text);
+        }
+        i
+    }
 
     pub fn error(&mut self, code: u16, loc: Option<Location>, text: impl Into<String>) {
         let mut e = AckError::new(code, Severity::Error).message(text);

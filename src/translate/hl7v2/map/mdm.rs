@@ -60,25 +60,15 @@ use super::results::{attachment, base64_encode, start_order};
 use super::types::{
     cwe_table, ei, field_text, floc, pct, practitioner, rep_text, reps, Ident, Parts,
 };
-use crate::translate::hl7v2::{Location, Segment};
+use crate::translate::hl7v2::Segment;
 
 pub(crate) fn mdm(ctx: &mut Ctx<'_, '_>) {
     let msg = ctx.msg;
     let segs: Vec<Segment<'_, '_>> = msg.segments().collect();
-    let Some(pid_i) = segs.iter().position(|s| s.id() == "PID") else {
-        ctx.error(
-            100,
-            Some(Location::segment("PID", 1)),
-            "PID segment missing",
-        );
+    let Some(pid_i) = ctx.require(&segs, "PID", "PID segment missing") else {
         return;
     };
-    let Some(txa_i) = segs.iter().position(|s| s.id() == "TXA") else {
-        ctx.error(
-            100,
-            Some(Location::segment("TXA", 1)),
-            "TXA segment missing: an MDM message describes one document",
-        );
+    let Some(txa_i) = ctx.require(&segs, "TXA", "TXA segment missing: an MDM message describes one document") else {
         return;
     };
     let pid = segs[pid_i];

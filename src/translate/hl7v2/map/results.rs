@@ -199,8 +199,10 @@ pub(crate) fn oru(ctx: &mut Ctx<'_, '_>) {
     }
 }
 
-fn order_identifier(
-    ctx: &mut Ctx<'_, '_>,
+/// The placer/filler order number in `field` of OBR or ORC (EI), with the
+/// institution's order system when the sender names none.
+pub(crate) fn order_identifier(
+    ctx: &Ctx<'_, '_>,
     seg: &Segment<'_, '_>,
     field: usize,
     kind: &str,

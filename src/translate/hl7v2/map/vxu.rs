@@ -67,12 +67,12 @@ use super::ctx::Ctx;
 use super::encounter;
 use super::json::{j, obj};
 use super::patient::{self, PatientRef};
-use super::results::{adt_observation, observation, ObsScope, ObxOut};
+use super::results::{adt_observation, observation, order_identifier, ObsScope, ObxOut};
 use super::types::{
-    code_system, cwe, cwe_table, ei, field_text, floc, location, normalize_number, notes_after,
+    code_system, cwe, cwe_table, field_text, floc, location, normalize_number, notes_after,
     number, pct, practitioner, reps, Ident, Parts, UCUM,
 };
-use crate::translate::hl7v2::{Location, Segment};
+use crate::translate::hl7v2::Segment;
 
 /// One ORDER group: indexes of its segments.
 struct Group {
@@ -85,12 +85,7 @@ struct Group {
 pub(crate) fn vxu(ctx: &mut Ctx<'_, '_>) {
     let msg = ctx.msg;
     let segs: Vec<Segment<'_, '_>> = msg.segments().collect();
-    let Some(pid_i) = segs.iter().position(|s| s.id() == "PID") else {
-        ctx.error(
-            100,
-            Some(Location::segment("PID", 1)),
-            "PID segment missing",
-        );
+    let Some(pid_i) = ctx.require(&segs, "PID", "PID segment missing") else {
         return;
     };
     let pid = segs[pid_i];
@@ -157,22 +152,6 @@ pub(crate) fn vxu(ctx: &mut Ctx<'_, '_>) {
     for g in &groups {
         immunization(ctx, &segs, g, &patient, enc_ref.as_ref());
     }
-}
-
-fn order_ident(
-    ctx: &Ctx<'_, '_>,
-    seg: &Segment<'_, '_>,
-    field: usize,
-    kind: &str,
-) -> Option<Ident> {
-    let default = format!(
-        "urn:carebridge:{}:{kind}-order",
-        pct(&ctx.cfg.institution_id)
-    );
-    seg.field(field)
-        .repetitions()
-        .next()
-        .and_then(|r| ei(ctx, &r, &default))
 }
 
 fn typed(ident: &Ident, code: &str) -> Value {
@@ -342,8 +321,8 @@ fn immunization(
     let (Some(vaccine), Some(occurrence)) = (vaccine, occurrence) else {
         return;
     };
-    let placer = orc.as_ref().and_then(|o| order_ident(ctx, o, 2, "placer"));
-    let filler = orc.as_ref().and_then(|o| order_ident(ctx, o, 3, "filler"));
+    let placer = orc.as_ref().and_then(|o| order_identifier(ctx, o, 2, "placer"));
+    let filler = orc.as_ref().and_then(|o| order_identifier(ctx, o, 3, "filler"));
     let key = match (&filler, &placer) {
         (Some(f), _) => format!("filler|{}", f.key()),
         (None, Some(p)) => format!("placer|{}", p.key()),

@@ -71,7 +71,7 @@ pub async fn evaluate_measure(app: &AppState, r: &Req, id: Option<&str>) -> Resu
             };
             let row = row.filter(|x| !x.deleted).ok_or_else(|| ApiError::not_found(format!("Measure '{key}' is not known")))?;
             let body = row.body.clone().unwrap_or_default();
-            if !crate::report::access::visible(&r.caller, crate::report::access::RowRef { rtype: "Measure", id: &row.id, patient: None, body: &body }) {
+            if !crate::report::access::visible(&r.caller, crate::report::access::RowRef { rtype: "Measure", id: &row.id, patient: None, body: crate::report::access::RowBody::Bytes(&body) }) {
                 return Err(ApiError::not_found(format!("Measure '{key}' is not known")));
             }
             let json: Value = serde_json::from_slice(&body).map_err(|_| ApiError::from(ReportError::Unprocessable("stored Measure is not JSON".into())))?;

@@ -698,7 +698,7 @@ pub(crate) fn time_boundary(t: &TimeValue, digits: Option<i64>, high: bool) -> O
 }
 
 /// Current UTC time as a date-time with millisecond precision and `Z` timezone.
-pub(crate) fn now_utc() -> DateTimeValue {
+pub fn now_utc() -> DateTimeValue {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -32,7 +32,8 @@ pub(crate) struct Frame<'a> {
 pub(crate) struct Evaluator<'a, 'c> {
     pub ctx: &'c EvalContext<'a>,
     pub model: &'a ModelInfo,
-    pub now: DateTimeValue,
+    /// the clock for `now()`/`today()`/`timeOfDay()`, read once per evaluation when first needed
+    pub now: std::cell::OnceCell<DateTimeValue>,
     pub context: Coll<'a>,
 }
 
@@ -65,13 +66,63 @@ pub(crate) fn static_type_name(name: &str) -> Option<&'static str> {
     NAMES.iter().copied().find(|n| *n == name)
 }
 
+/// Objects up to this many members are searched by a linear scan (a length
+/// check, then the bytes) instead of hashing the key: FHIR elements are small
+/// objects, and SipHash per lookup dominated navigation.
+const SCAN_MAX: usize = 16;
+
+/// Byte equality without a `memcmp` call (keys are short).
+#[inline(always)]
+fn key_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+/// `obj[key]`, scanning small objects.
+#[inline]
+pub(crate) fn get_small<'j>(obj: &'j serde_json::Map<String, JsonValue>, key: &str) -> Option<&'j JsonValue> {
+    if obj.len() <= SCAN_MAX {
+        obj.iter().find(|(k, _)| key_eq(k, key)).map(|(_, v)| v)
+    } else {
+        obj.get(key)
+    }
+}
+
+/// `obj[key]` and (with `ext`) its primitive extension sibling `obj["_" + key]`, in one pass.
+#[inline]
+fn lookup_with_ext<'j>(obj: &'j serde_json::Map<String, JsonValue>, key: &str, ext: bool) -> (Option<&'j JsonValue>, Option<&'j JsonValue>) {
+    if obj.len() <= SCAN_MAX {
+        let (mut v, mut e) = (None, None);
+        for (k, x) in obj {
+            if k.len() == key.len() {
+                if key_eq(k, key) {
+                    v = Some(x);
+                }
+            } else if ext && k.len() == key.len() + 1 && k.as_bytes()[0] == b'_' && key_eq(&k[1..], key) {
+                e = Some(x);
+            }
+        }
+        (v, e)
+    } else {
+        let e = if ext {
+            let mut k = String::with_capacity(key.len() + 1);
+            k.push('_');
+            k.push_str(key);
+            obj.get(&k)
+        } else {
+            None
+        };
+        (obj.get(key), e)
+    }
+}
+
 fn upper_first_is(s: &str) -> bool {
     s.chars().next().map(|c| c.is_ascii_uppercase()).unwrap_or(false)
 }
 
 impl<'a, 'c> Evaluator<'a, 'c> {
     pub(crate) fn new(ctx: &'c EvalContext<'a>) -> Evaluator<'a, 'c> {
-        Evaluator { ctx, model: ctx.model, now: ctx.now.unwrap_or_else(now_utc), context: Vec::new() }
+        Evaluator { ctx, model: ctx.model, now: std::cell::OnceCell::new(), context: Vec::new() }
     }
 
     pub(crate) fn run(mut self, ast: &Expr, input: &'a JsonValue, type_name: Option<&str>) -> R<Coll<'a>> {
@@ -93,6 +144,10 @@ impl<'a, 'c> Evaluator<'a, 'c> {
 
     // ------------------------------------------------------------------ typing helpers
 
+    pub(crate) fn now(&self) -> DateTimeValue {
+        *self.now.get_or_init(|| self.ctx.now.unwrap_or_else(now_utc))
+    }
+
     pub(crate) fn nt(&self, id: TypeId) -> NodeType<'a> {
         NodeType { id: Some(id), name: self.model.label(id) }
     }
@@ -106,8 +161,15 @@ impl<'a, 'c> Evaluator<'a, 'c> {
 
     /// Resources carry their own type (`resourceType`), overriding the declared one.
     pub(crate) fn type_of_json(&self, v: Option<&'a JsonValue>, declared: NodeType<'a>) -> NodeType<'a> {
+        // only an element declared as a resource (contained, entry.resource …) or of
+        // unknown type can carry its own `resourceType`
+        if let Some(id) = declared.id {
+            if self.model.kind(id) != TypeKind::Resource {
+                return declared;
+            }
+        }
         if let Some(JsonValue::Object(o)) = v {
-            if let Some(JsonValue::String(rt)) = o.get("resourceType") {
+            if let Some(JsonValue::String(rt)) = get_small(o, "resourceType") {
                 return match self.model.type_id(rt) {
                     Some(id) => self.nt(id),
                     None => NodeType { id: None, name: rt.as_str() },
@@ -140,15 +202,7 @@ impl<'a, 'c> Evaluator<'a, 'c> {
 
     /// Pushes the value(s) of property `key` (and its `_key` companion) from `obj`.
     pub(crate) fn push_prop(&self, out: &mut Coll<'a>, obj: &'a serde_json::Map<String, JsonValue>, key: &str, ty: NodeType<'a>, look_ext: bool) -> bool {
-        let v = obj.get(key);
-        let e = if look_ext {
-            let mut k = String::with_capacity(key.len() + 1);
-            k.push('_');
-            k.push_str(key);
-            obj.get(&k)
-        } else {
-            None
-        };
+        let (v, e) = lookup_with_ext(obj, key, look_ext);
         if v.is_none() && e.is_none() {
             return false;
         }
@@ -344,6 +398,7 @@ impl<'a, 'c> Evaluator<'a, 'c> {
     pub(crate) fn eval(&self, e: &Expr, focus: &[Value<'a>], fr: &Frame<'a>) -> R<Coll<'a>> {
         match e {
             Expr::Lit(v) => Ok(vec![v.clone()]),
+            Expr::Coll(vs) => Ok(vs.clone()),
             Expr::Empty => Ok(Vec::new()),
             Expr::Ident(name) => self.navigate(focus, name, true),
             Expr::Member(t, name) => {
@@ -513,6 +568,17 @@ impl<'a, 'c> Evaluator<'a, 'c> {
                     (Some(true), Some(false)) => b(false),
                     _ => Ok(Vec::new()),
                 }
+            }
+            // membership in a constant: compared in place, the constant is not copied
+            BinOp::In if matches!(r, Expr::Coll(_) | Expr::Lit(_)) => {
+                let a = self.eval(l, focus, fr)?;
+                let Some(x) = single(&a, "membership")? else { return Ok(Vec::new()) };
+                let consts: &[Value<'static>] = match r {
+                    Expr::Coll(vs) => vs,
+                    Expr::Lit(v) => std::slice::from_ref(v),
+                    _ => &[],
+                };
+                b(consts.iter().any(|y| equals(x, y) == Some(true)))
             }
             _ => {
                 let a = self.eval(l, focus, fr)?;

@@ -1185,9 +1185,9 @@ impl<'a, 'c> Evaluator<'a, 'c> {
                 }
                 Ok(input)
             }
-            Now => Ok(vec![Value::DateTime(self.now)]),
-            Today => Ok(vec![Value::Date(self.now.truncate(DtPrecision::Day))]),
-            TimeOfDay => Ok(vec![Value::Time(time_of(&self.now))]),
+            Now => Ok(vec![Value::DateTime(self.now())]),
+            Today => Ok(vec![Value::Date(self.now().truncate(DtPrecision::Day))]),
+            TimeOfDay => Ok(vec![Value::Time(time_of(&self.now()))]),
             Aggregate => {
                 let mut total = self.arg(args, 1, focus, fr)?;
                 for (i, v) in input.iter().enumerate() {

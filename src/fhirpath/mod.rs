@@ -92,13 +92,12 @@ mod value;
 #[cfg(test)]
 mod tests;
 
-pub use datetime::{parse_datetime, DateTimeValue, DtPrecision, TimeValue};
+pub use datetime::{now_utc, parse_datetime, DateTimeValue, DtPrecision, TimeValue};
 pub use model::{ElementInfo, ModelInfo};
 pub use quantity::Quantity;
 pub use value::{Node, TypeInfoValue, Value};
 
 use serde_json::Value as JsonValue;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -166,7 +165,7 @@ pub struct EvalContext<'a> {
     /// `%rootResource` (e.g. the Bundle or container); defaults to `resource`.
     pub root_resource: Option<&'a JsonValue>,
     /// Extra `%name` variables (override the built-in constants of the same name).
-    pub variables: HashMap<String, Vec<Value<'a>>>,
+    pub variables: rustc_hash::FxHashMap<String, Vec<Value<'a>>>,
     /// Strict mode: navigating to a name that is not an element of a model-known type (e.g.
     /// `Observation.valueQuantity`, a misspelt element), or a leading type name that does not
     /// match, is an error instead of an empty result; `as` on several items is an error.
@@ -180,7 +179,7 @@ pub struct EvalContext<'a> {
 impl<'a> EvalContext<'a> {
     /// A context with `%resource` = `resource`, no extra variables, lenient mode, system clock.
     pub fn new(model: &'a ModelInfo, resource: &'a JsonValue) -> EvalContext<'a> {
-        EvalContext { model, resource, root_resource: None, variables: HashMap::new(), strict: false, now: None, trace: None }
+        EvalContext { model, resource, root_resource: None, variables: Default::default(), strict: false, now: None, trace: None }
     }
 
     /// Adds a `%name` variable.
@@ -198,10 +197,28 @@ pub fn resource_value<'a>(model: &'a ModelInfo, json: &'a JsonValue) -> Value<'a
     eval::Evaluator::new(&ctx).json_node(json)
 }
 
+/// Like [`resource_value`] for a resource whose type the caller already knows
+/// (no `resourceType` lookup; for hot loops over many resources of a few types).
+pub fn typed_resource_value<'a>(model: &'a ModelInfo, json: &'a JsonValue, type_name: &str) -> Value<'a> {
+    let ctx = EvalContext::new(model, json);
+    let ty = eval::Evaluator::new(&ctx).type_by_name(type_name);
+    Value::Node(Node::new(Some(json), None, ty))
+}
+
 impl Expression {
     /// The source text.
     pub fn source(&self) -> &str {
         &self.inner.source
+    }
+
+    /// Whether the result can depend on the input (the focus, `$this`, `$index`,
+    /// `$total`) or on one of the `%` variables in `item_vars`. When `false`, the
+    /// expression gives the same result for every input under the same other
+    /// variables — callers may evaluate it once (e.g. a measure's per-person
+    /// stratifier over each of the person's Encounters). Conservative: may say
+    /// `true` for an expression that does not really depend on its input.
+    pub fn depends_on_input(&self, item_vars: &[&str]) -> bool {
+        parser::reads_input(&self.inner.ast, true, item_vars)
     }
 
     /// Evaluates against `input` (usually the resource itself; its type comes from

@@ -8,7 +8,7 @@
 
 use super::FhirPathError;
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -453,14 +453,14 @@ impl Builder {
             return id;
         }
         let id = self.types.len() as TypeId;
-        self.types.push(TypeDef { name: name.to_string(), label: label.to_string(), kind, base: None, elements: HashMap::new() });
+        self.types.push(TypeDef { name: name.to_string(), label: label.to_string(), kind, base: None, elements: HashMap::default() });
         self.by_name.insert(name.to_string(), id);
         id
     }
 }
 
 fn build(sds: Vec<RawSd>) -> ModelInfo {
-    let mut b = Builder { types: Vec::new(), by_name: HashMap::new() };
+    let mut b = Builder { types: Vec::new(), by_name: HashMap::default() };
     // pass 1: declare all named types
     for sd in &sds {
         let kind = match sd.kind.as_str() {

@@ -57,6 +57,9 @@ pub(crate) enum BinOp {
 #[derive(Debug, Clone)]
 pub(crate) enum Expr {
     Lit(Value<'static>),
+    /// A constant collection: a union of literals folded at compile time
+    /// (`'IMP' | 'ACUTE' | 'NONAC'`), duplicates removed as `|` does.
+    Coll(Vec<Value<'static>>),
     Empty,
     /// Identifier evaluated against the current focus (may also match the focus' type name).
     Ident(String),
@@ -113,7 +116,7 @@ pub(crate) fn parse(src: &str) -> Result<Expr, FhirPathError> {
     if ast_depth(&e) > MAX_AST_DEPTH {
         return Err(perr(0, "expression is nested too deeply"));
     }
-    Ok(e)
+    Ok(fold(e))
 }
 
 /// Depth of the syntax tree, computed without recursion.
@@ -550,5 +553,60 @@ pub(crate) fn expr_to_typespec(e: &Expr) -> Option<TypeSpec> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// Whether evaluating `e` can read its input (the focus at the root, `$this`,
+/// `$index`, `$total`) or one of the `item_vars` (`%name` variables bound to the
+/// input, e.g. `%resource`). `root`: the current focus is the expression's input
+/// (false inside the lambda argument of `where`/`select`/`all`/`exists`/`repeat`,
+/// whose focus is an item of the target). Conservative: `true` when unsure.
+pub(crate) fn reads_input(e: &Expr, root: bool, item_vars: &[&str]) -> bool {
+    match e {
+        Expr::Lit(_) | Expr::Coll(_) | Expr::Empty => false,
+        Expr::Ident(_) | Expr::This | Expr::IndexVar | Expr::Total => root,
+        Expr::Const(name) => item_vars.contains(&name.as_str()),
+        Expr::Member(t, _) | Expr::Neg(t) | Expr::Is(t, _) | Expr::As(t, _) => reads_input(t, root, item_vars),
+        Expr::Index(a, b) | Expr::Bin(_, a, b) => reads_input(a, root, item_vars) || reads_input(b, root, item_vars),
+        Expr::Call { target, func, args, .. } => {
+            let lambda = matches!(func, Func::Where | Func::Select | Func::All | Func::Exists | Func::Repeat);
+            let input = match target {
+                Some(t) => reads_input(t, root, item_vars),
+                // the implicit input is the focus (clock functions ignore it)
+                None => root && !matches!(func, Func::Now | Func::Today | Func::TimeOfDay),
+            };
+            input || args.iter().any(|a| reads_input(a, root && !lambda, item_vars))
+        }
+    }
+}
+
+/// Folds unions of literals into constant collections ([`Expr::Coll`]), so
+/// `code in ('a' | 'b' | 'c')` does not build and de-duplicate the set on
+/// every evaluation.
+fn fold(e: Expr) -> Expr {
+    let b = |x: Box<Expr>| Box::new(fold(*x));
+    match e {
+        Expr::Bin(BinOp::Union, l, r) => {
+            let (l, r) = (fold(*l), fold(*r));
+            let consts = |x: &Expr| match x {
+                Expr::Lit(v) => Some(vec![v.clone()]),
+                Expr::Coll(vs) => Some(vs.clone()),
+                _ => None,
+            };
+            match (consts(&l), consts(&r)) {
+                (Some(a), Some(c)) => Expr::Coll(super::eval::union(a, c)),
+                _ => Expr::Bin(BinOp::Union, Box::new(l), Box::new(r)),
+            }
+        }
+        Expr::Bin(op, l, r) => Expr::Bin(op, b(l), b(r)),
+        Expr::Member(t, n) => Expr::Member(b(t), n),
+        Expr::Call { target, func, args, type_arg } => {
+            Expr::Call { target: target.map(b), func, args: args.into_iter().map(fold).collect(), type_arg }
+        }
+        Expr::Index(t, i) => Expr::Index(b(t), b(i)),
+        Expr::Neg(t) => Expr::Neg(b(t)),
+        Expr::Is(t, ts) => Expr::Is(b(t), ts),
+        Expr::As(t, ts) => Expr::As(b(t), ts),
+        other => other,
     }
 }

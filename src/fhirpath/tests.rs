@@ -346,3 +346,35 @@ fn model_typing_and_strict_mode() {
     assert_eq!(m.base_type("Patient"), Some("DomainResource"));
     assert!(compile("Patient.gender.as(strin)").unwrap().evaluate(&obs, &ctx).is_err());
 }
+
+#[test]
+fn depends_on_input_analysis() {
+    let dep = |s: &str| compile(s).unwrap().depends_on_input(&["encounter", "resource", "context"]);
+    // independent: only other variables, literals, lambdas over them
+    for s in [
+        "%patient.gender",
+        "%patient.address.first().postalCode.substring(0, 2)",
+        "%patient.birthDate.duration(%periodStart, 'years').select(iif($this < 18, '0-17', '18+'))",
+        "%conditions.where(code.coding.code = 'I50').exists()",
+        "true",
+        "today() - 1 year",
+    ] {
+        assert!(!dep(s), "{s} reads only variables");
+    }
+    // dependent: the focus, $this, item variables, focus-reading functions
+    for s in [
+        "serviceProvider.reference",
+        "$this.id",
+        "%encounter.period.end",
+        "%encounters.where(period.start > %encounter.period.end).exists()",
+        "%patients.select(%resource.id)",
+        "exists()",
+        "where(true)",
+        "iif(status = 'finished', 1, 0)",
+        "%patient.gender | status",
+        "%patient.address[%encounter.id.length()]",
+        "%patient.gender.substring(id.length())",
+    ] {
+        assert!(dep(s), "{s} reads the input");
+    }
+}

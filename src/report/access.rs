@@ -21,8 +21,15 @@ pub struct RowRef<'a> {
     pub id: &'a str,
     /// the Patient the row belongs to (its compartment), when known
     pub patient: Option<&'a str>,
-    /// the stored JSON (for reports: the facts projection)
-    pub body: &'a [u8],
+    /// the stored JSON, or (for reports) the parsed facts projection
+    pub body: RowBody<'a>,
+}
+
+/// A row's content as its reader holds it.
+#[derive(Debug, Clone, Copy)]
+pub enum RowBody<'a> {
+    Bytes(&'a [u8]),
+    Json(&'a serde_json::Value),
 }
 
 /// May `caller` see (count, export) this row?

@@ -37,7 +37,7 @@ use super::ReportError;
 use crate::auth::Caller;
 use crate::fhirpath::{self, EvalContext, Expression, ModelInfo, Value};
 use serde_json::Value as Json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 const NPOP: usize = 9;
@@ -184,12 +184,8 @@ pub fn evaluate(
             }
         }
     }
-    let orgs: Vec<Json> = if m.uses_organizations {
-        snap.organizations
-            .iter()
-            .filter(|f| visible(caller, f))
-            .filter_map(|f| serde_json::from_slice(&f.body).ok())
-            .collect()
+    let orgs: Vec<&Json> = if m.uses_organizations {
+        snap.organizations.iter().filter(|f| visible(caller, f)).map(|f| &f.json).collect()
     } else {
         vec![]
     };
@@ -197,6 +193,8 @@ pub fn evaluate(
         Some(pid) => snap.persons.iter().filter(|p| p.patients.iter().any(|f| f.id == *pid)).collect(),
         None => snap.persons.iter().collect(),
     };
+    let plan = Plan::new(m, &selected);
+    let now = fhirpath::now_utc();
     let empty = || Tally {
         groups: selected
             .iter()
@@ -212,11 +210,12 @@ pub fn evaluate(
         let handles: Vec<_> = persons
             .chunks(chunk)
             .map(|part| {
-                let (orgs, selected, done) = (&orgs, &selected, &done);
+                let (orgs, plan, done) = (&orgs, &plan, &done);
                 s.spawn(move || {
                     let mut t = empty();
+                    let mut env = PersonEnv::new(model, orgs, &start, &end, now, plan);
                     for (i, p) in part.iter().enumerate() {
-                        eval_person(m, p, model, caller, req, &start, &end, orgs, selected, &mut t)?;
+                        env.eval_person(m, p, caller, req, &mut t)?;
                         if i % 1000 == 999 {
                             let n = done.fetch_add(1000, std::sync::atomic::Ordering::Relaxed) + 1000;
                             if let Some(pr) = progress {
@@ -240,64 +239,206 @@ pub fn evaluate(
     Ok(total)
 }
 
+/// `%` variables bound to the evaluated item (Encounter basis).
+const ITEM_VARS: &[&str] = &["encounter", "resource", "context", "rootResource"];
+
 fn fhirpath_cmp(a: &fhirpath::DateTimeValue, b: &fhirpath::DateTimeValue) -> Option<std::cmp::Ordering> {
     (a.year, a.month, a.day, a.hour, a.minute, a.second, a.millis).partial_cmp(&(b.year, b.month, b.day, b.hour, b.minute, b.second, b.millis))
 }
 
 fn visible(caller: &Caller, f: &Fact) -> bool {
-    access::visible(caller, RowRef { rtype: f.rtype, id: &f.id, patient: f.patient.as_deref(), body: &f.body })
+    access::visible(caller, RowRef { rtype: f.rtype, id: &f.id, patient: f.patient.as_deref(), body: access::RowBody::Json(&f.json) })
 }
 
-fn parse_visible(caller: &Caller, facts: &[Arc<Fact>]) -> Vec<(Json, String)> {
-    facts
-        .iter()
-        .filter(|f| visible(caller, f))
-        .filter_map(|f| serde_json::from_slice(&f.body).ok().map(|j| (j, f.id.clone())))
-        .collect()
+static NO_RESOURCE: Json = Json::Null;
+
+/// The measure's distinct expressions. Groups often repeat the same criteria
+/// and stratifiers (e.g. one group per scoring over the same population);
+/// each distinct text is evaluated once per item, and a stratifier that
+/// reads only person-level variables (`%patient` …) once per person.
+struct Plan {
+    /// per group, per population code: the distinct criterion
+    crit: Vec<[Option<usize>; NPOP]>,
+    n_crit: usize,
+    /// per group, per selected stratifier: the distinct stratifier
+    strat: Vec<Vec<usize>>,
+    /// per distinct stratifier: its value is the same for all of a person's items
+    strat_per_person: Vec<bool>,
+    /// per group: the selected stratifiers (indexes into the group's)
+    selected: Vec<Vec<usize>>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn eval_person(
-    m: &CompiledMeasure,
-    p: &Person,
-    model: &ModelInfo,
-    caller: &Caller,
-    req: &EvalRequest,
-    start: &fhirpath::DateTimeValue,
-    end: &fhirpath::DateTimeValue,
-    orgs: &[Json],
-    selected: &[Vec<usize>],
-    t: &mut Tally,
-) -> Result<(), ReportError> {
-    let patients = parse_visible(caller, &p.patients);
-    let Some((first, first_id)) = patients.first() else { return Ok(()) };
-    let encounters = parse_visible(caller, &p.encounters);
-    let conditions = if m.uses_conditions { parse_visible(caller, &p.conditions) } else { vec![] };
-    let node = |j| fhirpath::resource_value(model, j);
-    let mut ctx = EvalContext::new(model, first);
-    ctx.variables.insert("patient".into(), vec![node(first)]);
-    ctx.variables.insert("patients".into(), patients.iter().map(|(j, _)| node(j)).collect());
-    ctx.variables.insert("encounters".into(), encounters.iter().map(|(j, _)| node(j)).collect());
-    ctx.variables.insert("conditions".into(), conditions.iter().map(|(j, _)| node(j)).collect());
-    ctx.variables.insert("organizations".into(), orgs.iter().map(node).collect());
-    ctx.variables.insert("periodStart".into(), vec![Value::DateTime(*start)]);
-    ctx.variables.insert("periodEnd".into(), vec![Value::DateTime(*end)]);
-    t.persons += 1;
-    match m.basis {
-        Basis::Patient => {
-            let subject = format!("Patient/{first_id}");
-            eval_item(m, first, &ctx, req, selected, &subject, t)?;
+impl Plan {
+    fn new(m: &CompiledMeasure, selected: &[Vec<usize>]) -> Plan {
+        let mut crit_ids: HashMap<&str, usize> = HashMap::new();
+        let crit = m
+            .groups
+            .iter()
+            .map(|g| {
+                let mut ids = [None; NPOP];
+                for p in &g.populations {
+                    if p.code != PopCode::MeasureObservation {
+                        let n = crit_ids.len();
+                        ids[p.code.index()] = Some(*crit_ids.entry(p.expr.source()).or_insert(n));
+                    }
+                }
+                ids
+            })
+            .collect();
+        let mut strat_ids: HashMap<&str, usize> = HashMap::new();
+        let mut strat_per_person = vec![];
+        let strat = m
+            .groups
+            .iter()
+            .zip(selected)
+            .map(|(g, sel)| {
+                sel.iter()
+                    .map(|i| {
+                        let e = &g.stratifiers[*i].expr;
+                        let n = strat_ids.len();
+                        *strat_ids.entry(e.source()).or_insert_with(|| {
+                            strat_per_person.push(!e.depends_on_input(ITEM_VARS));
+                            n
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        Plan { crit, n_crit: crit_ids.len(), strat, strat_per_person, selected: selected.to_vec() }
+    }
+}
+
+/// One evaluation thread's FHIRPath environment, reused from person to person
+/// (the variables' vectors are refilled, not reallocated), with the caches of
+/// the current person and item.
+struct PersonEnv<'s> {
+    ctx: EvalContext<'s>,
+    plan: &'s Plan,
+    /// per distinct criterion: its result for the current item
+    crit: Vec<Option<bool>>,
+    /// per distinct stratifier: its value for the current item (person-level ones: person)
+    strat: Vec<Option<String>>,
+    patients: Vec<&'s Fact>,
+    encounters: Vec<&'s Fact>,
+    conditions: Vec<&'s Fact>,
+}
+
+impl<'s> PersonEnv<'s> {
+    fn new(
+        model: &'s ModelInfo,
+        orgs: &[&'s Json],
+        start: &fhirpath::DateTimeValue,
+        end: &fhirpath::DateTimeValue,
+        now: fhirpath::DateTimeValue,
+        plan: &'s Plan,
+    ) -> Self {
+        let mut ctx = EvalContext::new(model, &NO_RESOURCE);
+        ctx.now = Some(now);
+        for v in ["patient", "patients", "encounters", "conditions", "encounter"] {
+            ctx.variables.insert(v.into(), vec![]);
         }
-        Basis::Encounter => {
-            for (e, id) in &encounters {
-                ctx.variables.insert("encounter".into(), vec![node(e)]);
-                ctx.resource = e;
-                let subject = format!("Encounter/{id}");
-                eval_item(m, e, &ctx, req, selected, &subject, t)?;
-            }
+        ctx.variables.insert("organizations".into(), orgs.iter().map(|j| fhirpath::resource_value(model, j)).collect());
+        ctx.variables.insert("periodStart".into(), vec![Value::DateTime(*start)]);
+        ctx.variables.insert("periodEnd".into(), vec![Value::DateTime(*end)]);
+        PersonEnv {
+            ctx,
+            plan,
+            crit: vec![None; plan.n_crit],
+            strat: vec![None; plan.strat_per_person.len()],
+            patients: vec![],
+            encounters: vec![],
+            conditions: vec![],
         }
     }
-    Ok(())
+
+    fn set(&mut self, name: &str, facts: &[&'s Fact]) {
+        let model = self.ctx.model;
+        if let Some(v) = self.ctx.variables.get_mut(name) {
+            v.clear();
+            v.extend(facts.iter().map(|f| fhirpath::typed_resource_value(model, &f.json, f.rtype)));
+        }
+    }
+
+    fn eval_person(&mut self, m: &CompiledMeasure, p: &'s Person, caller: &Caller, req: &EvalRequest, t: &mut Tally) -> Result<(), ReportError> {
+        fn fill<'s>(out: &mut Vec<&'s Fact>, facts: &'s [Arc<Fact>], caller: &Caller) {
+            out.clear();
+            out.extend(facts.iter().filter(|f| visible(caller, f)).map(|f| &**f));
+        }
+        let mut patients = std::mem::take(&mut self.patients);
+        let mut encounters = std::mem::take(&mut self.encounters);
+        let mut conditions = std::mem::take(&mut self.conditions);
+        fill(&mut patients, &p.patients, caller);
+        let r = match patients.first().copied() {
+            None => Ok(()),
+            Some(first) => {
+                fill(&mut encounters, &p.encounters, caller);
+                if m.uses_conditions {
+                    fill(&mut conditions, &p.conditions, caller);
+                } else {
+                    conditions.clear();
+                }
+                self.set("patient", &[first]);
+                self.set("patients", &patients);
+                self.set("encounters", &encounters);
+                self.set("conditions", &conditions);
+                self.strat.iter_mut().for_each(|v| *v = None);
+                t.persons += 1;
+                match m.basis {
+                    Basis::Patient => {
+                        self.ctx.resource = &first.json;
+                        let subject = req.want_subjects.then(|| format!("Patient/{}", first.id));
+                        self.eval_item(m, &first.json, subject.as_deref(), t)
+                    }
+                    Basis::Encounter => {
+                        let mut r = Ok(());
+                        for e in &encounters {
+                            self.set("encounter", &[*e]);
+                            self.ctx.resource = &e.json;
+                            let subject = req.want_subjects.then(|| format!("Encounter/{}", e.id));
+                            r = self.eval_item(m, &e.json, subject.as_deref(), t);
+                            if r.is_err() {
+                                break;
+                            }
+                        }
+                        r
+                    }
+                }
+            }
+        };
+        self.patients = patients;
+        self.encounters = encounters;
+        self.conditions = conditions;
+        r
+    }
+
+    fn eval_item(&mut self, m: &CompiledMeasure, item: &'s Json, subject: Option<&str>, t: &mut Tally) -> Result<(), ReportError> {
+        t.items += 1;
+        let plan = self.plan;
+        self.crit.iter_mut().for_each(|c| *c = None);
+        for (v, per_person) in self.strat.iter_mut().zip(&plan.strat_per_person) {
+            if !per_person {
+                *v = None;
+            }
+        }
+        for (gi, g) in m.groups.iter().enumerate() {
+            let Some(mem) = membership(g, &plan.crit[gi], &mut self.crit, item, &self.ctx)? else { continue };
+            let gt = &mut t.groups[gi];
+            gt.total.add(&mem, subject);
+            for (k, si) in plan.strat[gi].iter().enumerate() {
+                let v = match &self.strat[*si] {
+                    Some(v) => v.clone(),
+                    None => {
+                        let expr = &g.stratifiers[plan.selected[gi][k]].expr;
+                        let v = stratum_value(expr, item, &self.ctx)?;
+                        self.strat[*si] = Some(v.clone());
+                        v
+                    }
+                };
+                gt.strata[k].1.entry(v).or_default().add(&mem, subject);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn holds<'a>(e: &Expression, item: &'a Json, ctx: &EvalContext<'a>) -> Result<bool, ReportError> {
@@ -309,36 +450,24 @@ fn holds<'a>(e: &Expression, item: &'a Json, ctx: &EvalContext<'a>) -> Result<bo
     })
 }
 
-fn eval_item<'a>(
-    m: &CompiledMeasure,
+/// The item's populations in group `g`; `ids` maps population codes to the
+/// distinct criteria whose results `cache` holds for this item.
+fn membership<'a>(
+    g: &Group,
+    ids: &[Option<usize>; NPOP],
+    cache: &mut [Option<bool>],
     item: &'a Json,
     ctx: &EvalContext<'a>,
-    req: &EvalRequest,
-    selected: &[Vec<usize>],
-    subject: &str,
-    t: &mut Tally,
-) -> Result<(), ReportError> {
-    t.items += 1;
-    for (gi, g) in m.groups.iter().enumerate() {
-        let Some(mem) = membership(g, item, ctx)? else { continue };
-        let subj = req.want_subjects.then_some(subject);
-        let gt = &mut t.groups[gi];
-        gt.total.add(&mem, subj);
-        for (k, si) in selected[gi].iter().enumerate() {
-            let v = stratum_value(&g.stratifiers[*si].expr, item, ctx)?;
-            gt.strata[k].1.entry(v).or_default().add(&mem, subj);
-        }
-    }
-    Ok(())
-}
-
-fn membership<'a>(g: &Group, item: &'a Json, ctx: &EvalContext<'a>) -> Result<Option<Membership>, ReportError> {
+) -> Result<Option<Membership>, ReportError> {
     let mut pops = [false; NPOP];
-    let crit = |c: PopCode| -> Result<Option<bool>, ReportError> {
-        match g.population(c) {
-            Some(p) => holds(&p.expr, item, ctx).map(Some),
-            None => Ok(None),
+    let mut crit = |c: PopCode| -> Result<Option<bool>, ReportError> {
+        let (Some(p), Some(id)) = (g.population(c), ids[c.index()]) else { return Ok(None) };
+        if let Some(b) = cache[id] {
+            return Ok(Some(b));
         }
+        let b = holds(&p.expr, item, ctx)?;
+        cache[id] = Some(b);
+        Ok(Some(b))
     };
     if !crit(PopCode::InitialPopulation)?.unwrap_or(false) {
         return Ok(None);

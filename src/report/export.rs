@@ -386,7 +386,7 @@ async fn run(services: &Services, reports: &Arc<Reports>, id: &str, cancel: &Ato
 fn emit(reports: &Reports, caller: &Caller, deidentify: bool, r: &ResourceRow, w: &mut Writer) -> Result<(), ReportError> {
     let Some(body) = &r.body else { return Ok(()) };
     let patient = patient_of(r);
-    if !access::visible(caller, RowRef { rtype: &r.rtype, id: &r.id, patient: patient.as_deref(), body }) {
+    if !access::visible(caller, RowRef { rtype: &r.rtype, id: &r.id, patient: patient.as_deref(), body: access::RowBody::Bytes(body) }) {
         return Ok(());
     }
     if let Some(line) = line_of(reports, deidentify, r) {

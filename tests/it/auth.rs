@@ -272,6 +272,8 @@ fn representative(cat: &str) -> &'static str {
         "report" => "Measure",
         "consent" => "Consent",
         "audit" => "Provenance",
+        "workflow" => "CareTeam",
+        "subscription" => "Subscription",
         _ => "Basic",
     }
 }
@@ -301,6 +303,18 @@ fn body_for(t: &str, id: Option<&str>) -> Value {
     }
     if t == "Basic" {
         v["code"] = json!({"text": "x"});
+    }
+    if t == "CareTeam" {
+        // every member is a participant: the workflow rules let participants update a CareTeam
+        let members: Vec<Value> = MemberType::ALL.iter().map(|mt| json!({"member": {"reference": format!("Organization/org-{}", mt.as_str())}})).collect();
+        v["participant"] = json!(members);
+    }
+    if t == "Subscription" {
+        // the topic and channel checks need a usable subscription
+        v["status"] = json!("requested");
+        v["reason"] = json!("role matrix");
+        v["criteria"] = json!("https://carebridge.example/fhir/SubscriptionTopic/encounter-discharge");
+        v["channel"] = json!({"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook", "payload": "application/fhir+json"});
     }
     v
 }

@@ -72,6 +72,8 @@ pub fn classify(app: &AppState, method: &Method, segs: &[String]) -> Access {
         ["Patient", "$match" | "$ihe-pix"] => one(Interaction::Match, Some("Patient"), None),
         ["Person", "$link" | "$unlink"] => one(Interaction::Link, Some("Person"), None),
         ["Task", id, "$confirm" | "$reject"] => one(Interaction::Link, Some("Person"), Some(id)),
+        // writes a CarePlan (and the Tasks/ServiceRequests it implies: each decided in the handler)
+        ["PlanDefinition", _, "$apply"] if get || post => one(Interaction::Create, Some("CarePlan"), None),
         [t, "$validate"] if known(t) => one(Interaction::Validate, Some(t), None),
         [t, id, "$validate"] if known(t) => one(Interaction::Validate, Some(t), Some(id)),
         [t, "$evaluate-measure"] if known(t) => one(Interaction::EvaluateMeasure, Some(t), None),

@@ -36,8 +36,9 @@
 //!  7. another hospital's emergency department breaks the glass;
 //!  8. the insurer gets no patient data, but a suppressed summary report
 //!     and a de-identified export;
-//!  9. the operator finds every access of the story in the audit trail;
-//!     nobody else may search it.
+//!  9. the operator finds every access of the story in the audit trail —
+//!     reads, refusals, break-glass, changes, subscription operations,
+//!     export polls and downloads; nobody else may search it.
 
 use crate::common::*;
 use crate::subscription::{status_param, Receiver, DISCHARGE};
@@ -574,6 +575,22 @@ async fn story(backend: Backend) {
     let btg = events.iter().filter(|ae| client_of(ae) == net.member("er").client && ae["purposeOfEvent"][0]["coding"][0]["code"] == "BTG").count();
     assert!(btg >= 1, "the break-glass access carries its purpose of use");
     println!("scenario ({backend:?}): {} audited accesses concern Patient/erika, {btg} of them break-glass", events.len());
+    // what belongs to one member is audited as well: subscription operations, export polls and downloads
+    let path_of = |ae: &Value| ae["subtype"].as_array().unwrap().iter().find(|c| c["code"] == "path").and_then(|c| c["display"].as_str()).unwrap_or("").to_owned();
+    let sub_trail = expect(&net.get("operator", &format!("AuditEvent?entity=Subscription/{sub_id}&_count=100")).await, 200, "operator searches the subscription's trail");
+    let sub_events: Vec<&Value> = sub_trail["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
+    for (key, op, outcome) in [("municipality", "$events", "0"), ("municipality", "$status", "0"), ("pharmacy", "$status", "4")] {
+        assert!(
+            sub_events.iter().any(|ae| client_of(ae) == net.member(key).client && path_of(ae) == op && ae["outcome"] == outcome),
+            "audit trail has {key}'s {op} (outcome {outcome}): {sub_trail}"
+        );
+    }
+    let exports = expect(&net.get("operator", "AuditEvent?agent=Organization/kasse-nord&_count=1000").await, 200, "operator searches the insurer's trail");
+    let exports: Vec<String> = exports["entry"].as_array().unwrap().iter().filter(|e| e["resource"]["outcome"] == "0").map(|e| path_of(&e["resource"])).collect();
+    assert_eq!(exports.iter().filter(|p| p.starts_with("/_export/file/")).count(), outputs.len(), "every downloaded export file is audited: {exports:?}");
+    assert!(exports.iter().any(|p| p.starts_with("/_export/status/")), "the export polls are audited: {exports:?}");
+    let refused_poll = expect(&net.get("operator", "AuditEvent?agent=Organization/klinikum-nord&outcome=4&_count=1000").await, 200, "operator searches the hospital's refusals");
+    assert!(refused_poll["entry"].as_array().unwrap().iter().any(|e| path_of(&e["resource"]).starts_with("/_export/status/")), "the hospital's refused poll of the insurer's export is audited");
     // the changes are in it too: the referral's Task, written by the GP's client
     let task_trail = expect(&net.get("operator", &format!("AuditEvent?entity=Task/{ref_id}")).await, 200, "operator searches the referral's trail");
     let writers: Vec<String> = task_trail["entry"].as_array().unwrap().iter().map(|e| client_of(&e["resource"])).collect();

@@ -8,7 +8,10 @@
 //! written before the answer leaves).
 //!
 //! Invariant: with authentication configured, no FHIR endpoint except
-//! `metadata` runs without a verified caller and an allowing policy decision;
+//! `metadata` runs without a verified caller and an allowing policy decision
+//! (or, for what belongs to one member or client — a Subscription's
+//! `$status`/`$events`, an export job's status and files — its handler's
+//! owner check);
 //! every such request that reaches routing leaves exactly one AuditEvent
 //! (changes: in their own transaction, see `pipeline::audit`; everything
 //! else: [`audit_after`]).
@@ -54,6 +57,11 @@ pub enum Access {
     One { interaction: Interaction, rtype: Option<String>, id: Option<String> },
     /// a batch/transaction Bundle: each entry is decided on its own
     Bundle,
+    /// decided by its handler on who owns what is asked for (a
+    /// Subscription's `$status`/`$events`: the member that created it; an
+    /// export job's status and files: the client that started it), and
+    /// audited like every other access
+    Owned { interaction: Interaction, rtype: Option<String>, id: Option<String> },
 }
 
 /// Classify a request by its method and path (the router's patterns).
@@ -72,6 +80,12 @@ pub fn classify(app: &AppState, method: &Method, segs: &[String]) -> Access {
         ["Patient", "$match" | "$ihe-pix"] => one(Interaction::Match, Some("Patient"), None),
         ["Person", "$link" | "$unlink"] => one(Interaction::Link, Some("Person"), None),
         ["Task", id, "$confirm" | "$reject"] => one(Interaction::Link, Some("Person"), Some(id)),
+        // writes a CarePlan (and the Tasks/ServiceRequests it implies: each decided in the handler)
+        ["PlanDefinition", _, "$apply"] if get || post => one(Interaction::Create, Some("CarePlan"), None),
+        ["Subscription", id, "$status" | "$events"] => {
+            Access::Owned { interaction: Interaction::Read, rtype: Some("Subscription".into()), id: Some((*id).to_owned()) }
+        }
+        ["_export", "status", _] | ["_export", "file", _, _] => Access::Owned { interaction: Interaction::Export, rtype: None, id: None },
         [t, "$validate"] if known(t) => one(Interaction::Validate, Some(t), None),
         [t, id, "$validate"] if known(t) => one(Interaction::Validate, Some(t), Some(id)),
         [t, "$evaluate-measure"] if known(t) => one(Interaction::EvaluateMeasure, Some(t), None),
@@ -114,7 +128,7 @@ pub fn authorize(app: &AppState, caller: &Caller, access: &Access, r_query: &[(S
         None => return Ok(()), // insecure development mode: no access control
     };
     match access {
-        Access::Public => Ok(()),
+        Access::Public | Access::Owned { .. } => Ok(()),
         Access::One { interaction, rtype, .. } => {
             decide(policy, caller, *interaction, rtype.as_deref()).map_err(forbidden)?;
             if *interaction == Interaction::Search || *interaction == Interaction::History {
@@ -200,7 +214,7 @@ pub fn rate_limit(auth: &Authenticator, caller: &Caller) -> Result<(), ApiError>
 pub fn record_for(caller: &Caller, access: &Access, segs: &[String], query: &[(String, String)]) -> Option<AccessRecord> {
     let (interaction, rtype, id) = match access {
         Access::Public => return None,
-        Access::One { interaction, rtype, id } => (*interaction, rtype.clone(), id.clone()),
+        Access::One { interaction, rtype, id } | Access::Owned { interaction, rtype, id } => (*interaction, rtype.clone(), id.clone()),
         Access::Bundle => (Interaction::Update, None, None),
     };
     let mut rec = AccessRecord {
@@ -218,7 +232,7 @@ pub fn record_for(caller: &Caller, access: &Access, segs: &[String], query: &[(S
     if let Some(op) = segs.iter().find(|s| s.starts_with('$')) {
         rec.operation = Some(op.clone());
     }
-    if matches!(interaction, Interaction::Hl7v2 | Interaction::Import) {
+    if matches!(interaction, Interaction::Hl7v2 | Interaction::Import) || matches!(access, Access::Owned { rtype: None, .. }) {
         rec.operation = Some(format!("/{}", segs.join("/")));
     }
     match (interaction, rtype.as_deref(), id.as_deref()) {

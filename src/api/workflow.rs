@@ -9,6 +9,10 @@
 //!   implies as one transaction and answers the stored CarePlan (201, with
 //!   `Location`).
 //!
+//! The role policy decides `$apply` as a create of a CarePlan (`api::access`)
+//! and, here, every resource the applied plan writes; the change is audited
+//! in its own transaction like any write.
+//!
 //! Referral state changes are plain Task updates (`PUT /Task/[id]`),
 //! checked by the pipeline's workflow rules.
 
@@ -83,8 +87,11 @@ pub async fn plan_apply(app: &AppState, r: &Req, id: &str) -> Result<Response, A
         now: datetime::now_micros(),
     };
     let bundle = apply(&app.services, &plan, &input).await.map_err(|e| ApiError::Pipeline(e.into()))?;
+    // the role policy decides every resource the plan writes, as for a transaction Bundle
+    let bytes = serde_json::to_vec(&bundle).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueType::Exception, e.to_string()))?;
+    super::access::authorize(app, &r.caller, &super::access::Access::Bundle, &[], &bytes)?;
     let entries = bundle_entries(&bundle).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueType::Exception, e))?;
-    let results = Pipeline::single(&app.services).by(&r.caller).transaction(entries).await?;
+    let results = Pipeline::single(&app.services).by(&r.caller).audited(r.audit.clone()).transaction(entries).await?;
     let cp = results.into_iter().next().and_then(|x| x.body.map(|b| (b, x.location))).ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueType::Exception, "CarePlan not written"))?;
     let mut resp = fhir_response(StatusCode::CREATED, cp.0.to_vec(), r.pretty);
     if let Some(loc) = cp.1.and_then(|l| HeaderValue::from_str(&format!("{}/{l}", r.base)).ok()) {

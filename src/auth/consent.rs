@@ -159,7 +159,7 @@ impl Provision {
         if !self.classes.is_empty()
             && !self.classes.iter().any(|c| {
                 let is_type = c.system.as_deref().is_none_or(|s| s == RESOURCE_TYPES) && c.code == r.rtype;
-                is_type || r.profiles.iter().any(|p| *p == c.code)
+                is_type || r.profiles.contains(&c.code)
             })
         {
             return false;

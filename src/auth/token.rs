@@ -217,7 +217,7 @@ impl std::fmt::Debug for Authenticator {
 }
 
 fn now_secs() -> i64 {
-    (crate::fhir::datetime::now_micros() / 1_000_000) as i64
+    crate::fhir::datetime::now_micros() / 1_000_000
 }
 
 fn form<'a>(f: &'a [(String, String)], k: &str) -> Option<&'a str> {

@@ -129,7 +129,7 @@ pub async fn target_auth() -> Result<(Target, String), String> {
     let running = crate::server::start(services, opts.api, "127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let base = running.base_url();
     println!("in-process gateway with authentication at {base} (SQLite, {})", dir.display());
-    let now = (crate::fhir::datetime::now_micros() / 1_000_000) as i64;
+    let now = crate::fhir::datetime::now_micros() / 1_000_000;
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
     h.kid = Some("bench".into());
     let claims = json!({"iss": "bench", "sub": "bench", "aud": format!("{base}/auth/token"), "exp": now + 240, "jti": uuid::Uuid::new_v4().to_string()});

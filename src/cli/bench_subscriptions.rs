@@ -127,7 +127,7 @@ async fn hook(axum::extract::State(sh): axum::extract::State<Arc<Shared>>, body:
         return axum::http::StatusCode::BAD_REQUEST;
     }
     let (nums, ids) = numbers_and_ids(&b);
-    if fail && roll % 2 == 0 {
+    if fail && roll.is_multiple_of(2) {
         sh.failed.fetch_add(1, Ordering::SeqCst);
         return axum::http::StatusCode::INTERNAL_SERVER_ERROR; // failed before reading
     }
@@ -279,7 +279,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         let (gr, rr, o, listen, db, client) = (gateway_restarts.clone(), receiver_restarts.clone(), opts.clone(), listen.clone(), db.clone(), client.clone());
         tokio::spawn(async move {
             let (mut killed, mut restarted) = (!o.kill_gateway, !o.restart_receiver);
-            while !(killed && restarted) && !done.load(Ordering::SeqCst) {
+            while !(done.load(Ordering::SeqCst) || killed && restarted) {
                 if !killed && acked.load(Ordering::SeqCst) >= o.events / 2 {
                     let old = gateway.lock().expect("gateway").take();
                     drop(old); // SIGKILL + wait
@@ -383,7 +383,8 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     let _ = disrupt.await;
     let seconds = t_start.elapsed().as_secs_f64();
     drop(gateway.lock().expect("gateway").take());
-    if let Some(r) = receiver.lock().expect("receiver").take() {
+    let last_receiver = receiver.lock().expect("receiver").take();
+    if let Some(r) = last_receiver {
         tokio::task::spawn_blocking(move || r.stop()).await.ok();
     }
     let _ = std::fs::remove_dir_all(&dir);

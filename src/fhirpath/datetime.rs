@@ -710,6 +710,39 @@ pub(crate) fn time_of(dt: &DateTimeValue) -> TimeValue {
     TimeValue::from_dt(dt)
 }
 
+/// Whole calendar periods (`year`, `month`, `week`, `day`) from `a` to `b`, as CQL's
+/// `duration in` / FHIRPath 3.0 `duration()`: a period counts once it has fully passed
+/// (times of day count when both sides have them; offsets are normalised). `None` for an
+/// unknown unit.
+pub(crate) fn whole_periods(a: &DateTimeValue, b: &DateTimeValue, unit: &str) -> Option<i64> {
+    let timed = a.precision >= DtPrecision::Hour && b.precision >= DtPrecision::Hour;
+    let (a, b) = if timed {
+        (a.shifted(a.tz.unwrap_or(0) as i64), b.shifted(b.tz.unwrap_or(0) as i64))
+    } else {
+        (*a, *b)
+    };
+    let tod = |d: &DateTimeValue| if timed { ((d.hour as i64 * 60 + d.minute as i64) * 60 + d.second as i64) * 1000 + d.millis as i64 } else { 0 };
+    let (sign, lo, hi) = if (days_from_civil(b.year, b.month, b.day), tod(&b)) >= (days_from_civil(a.year, a.month, a.day), tod(&a)) { (1, a, b) } else { (-1, b, a) };
+    let n = match unit {
+        "day" | "week" => {
+            let mut d = days_from_civil(hi.year, hi.month, hi.day) - days_from_civil(lo.year, lo.month, lo.day);
+            if tod(&hi) < tod(&lo) {
+                d -= 1;
+            }
+            if unit == "week" { d / 7 } else { d }
+        }
+        "month" | "year" => {
+            let mut m = (hi.year as i64 - lo.year as i64) * 12 + hi.month as i64 - lo.month as i64;
+            if (hi.day, tod(&hi)) < (lo.day, tod(&lo)) {
+                m -= 1;
+            }
+            if unit == "year" { m / 12 } else { m }
+        }
+        _ => return None,
+    };
+    Some(sign * n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,37 +783,4 @@ mod tests {
         let r = add_to_datetime(&d, 1, CalUnit::Month).unwrap();
         assert_eq!(r.to_date_string(), "2020-02-29");
     }
-}
-
-/// Whole calendar periods (`year`, `month`, `week`, `day`) from `a` to `b`, as CQL's
-/// `duration in` / FHIRPath 3.0 `duration()`: a period counts once it has fully passed
-/// (times of day count when both sides have them; offsets are normalised). `None` for an
-/// unknown unit.
-pub(crate) fn whole_periods(a: &DateTimeValue, b: &DateTimeValue, unit: &str) -> Option<i64> {
-    let timed = a.precision >= DtPrecision::Hour && b.precision >= DtPrecision::Hour;
-    let (a, b) = if timed {
-        (a.shifted(a.tz.unwrap_or(0) as i64), b.shifted(b.tz.unwrap_or(0) as i64))
-    } else {
-        (*a, *b)
-    };
-    let tod = |d: &DateTimeValue| if timed { ((d.hour as i64 * 60 + d.minute as i64) * 60 + d.second as i64) * 1000 + d.millis as i64 } else { 0 };
-    let (sign, lo, hi) = if (days_from_civil(b.year, b.month, b.day), tod(&b)) >= (days_from_civil(a.year, a.month, a.day), tod(&a)) { (1, a, b) } else { (-1, b, a) };
-    let n = match unit {
-        "day" | "week" => {
-            let mut d = days_from_civil(hi.year, hi.month, hi.day) - days_from_civil(lo.year, lo.month, lo.day);
-            if tod(&hi) < tod(&lo) {
-                d -= 1;
-            }
-            if unit == "week" { d / 7 } else { d }
-        }
-        "month" | "year" => {
-            let mut m = (hi.year as i64 - lo.year as i64) * 12 + hi.month as i64 - lo.month as i64;
-            if (hi.day, tod(&hi)) < (lo.day, tod(&lo)) {
-                m -= 1;
-            }
-            if unit == "year" { m / 12 } else { m }
-        }
-        _ => return None,
-    };
-    Some(sign * n)
 }

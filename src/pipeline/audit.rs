@@ -42,7 +42,7 @@ pub fn change_record(services: &Services, rec: &AccessRecord, writes: &[VersionW
     let mut r = rec.clone();
     r.status = status;
     for w in writes {
-        if w.rtype == "AuditEvent" && !rec.rtype.as_deref().is_some_and(|t| t == "AuditEvent") {
+        if w.rtype == "AuditEvent" && rec.rtype.as_deref().is_none_or(|t| t != "AuditEvent") {
             continue; // the MPI's own decision records
         }
         r.data.push(format!("{}/{}/_history/{}", w.rtype, w.id, w.version));

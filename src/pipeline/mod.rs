@@ -6,7 +6,7 @@
 //! resolve (ids for creates, `urn:uuid:`/`urn:oid:` fullUrls, conditional
 //! create/update/delete, conditional references) → check (shape, types, ids,
 //! `If-Match`) → link identities (Patient changes feed the MPI, `identity`)
-//! → workflow rules (Task state machine and who may move it, `workflow`)
+//! → workflow rules (Task state machine and who may move it; who may edit a CarePlan or CareTeam, `workflow`)
 //! → store (one database transaction: versions, history, index, MPI links,
 //! subscription outbox rows, `subscription::outbox`) → after commit: wake
 //! the subscription delivery worker.
@@ -488,11 +488,12 @@ impl<'a> Pipeline<'a> {
             }
         }
 
-        // workflow rules on the resolved changes (Task state machine, who may move it)
+        // workflow rules on the resolved changes (Task state machine and who
+        // may move it; who may update a CarePlan or CareTeam)
         for p in planned.iter().filter(|p| !p.matched) {
             if let (Some(new), Some(id)) = (p.resource.as_ref(), p.id.as_ref()) {
                 let prev = p.current.as_ref().filter(|c| !c.deleted).and_then(|c| c.body.as_ref());
-                crate::workflow::check_change(&p.rtype, id, prev, new, self.caller.as_ref()).map_err(|e| self.at(e.into(), p.index))?;
+                crate::workflow::check_change(tx.as_mut(), &p.rtype, id, prev, new, self.caller.as_ref()).await.map_err(|e| self.at(e.into(), p.index))?;
             }
         }
         // the versions before the change, for the subscription topics' %previous

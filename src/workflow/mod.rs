@@ -6,6 +6,7 @@
 //! | file | what |
 //! | --- | --- |
 //! | `task.rs` | Task transitions and who (owner / requester) may make them |
+//! | `careplan.rs` | who may update a CarePlan (author, care-team participants) and a CareTeam (participants, managing organization) |
 //! | `apply.rs` | PlanDefinition + ActivityDefinitions → CarePlan, Tasks, ServiceRequests (a transaction Bundle) |
 //!
 //! Invariant: workflow rules are checked inside the one write pipeline
@@ -15,9 +16,11 @@
 //! writes as one transaction.
 
 pub mod apply;
+pub mod careplan;
 pub mod task;
 
 use crate::auth::Caller;
+use crate::store::StoreTx;
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -39,11 +42,37 @@ pub enum WorkflowError {
 }
 
 /// Workflow rules for one resolved change (`previous` = the stored live
-/// version's bytes). Called by the pipeline inside the write transaction.
-pub fn check_change(rtype: &str, _id: &str, previous: Option<&Bytes>, new: &Value, caller: Option<&Caller>) -> Result<(), WorkflowError> {
-    if rtype != "Task" {
-        return Ok(());
+/// version's bytes). Called by the pipeline inside the write transaction
+/// (`tx`: the stored CareTeams a CarePlan references are read there, as
+/// they were before this transaction's writes).
+pub async fn check_change(
+    tx: &mut dyn StoreTx,
+    rtype: &str,
+    _id: &str,
+    previous: Option<&Bytes>,
+    new: &Value,
+    caller: Option<&Caller>,
+) -> Result<(), WorkflowError> {
+    if !matches!(rtype, "Task" | "CarePlan" | "CareTeam") || previous.is_none() {
+        return Ok(()); // creates are the role policy's
     }
     let prev: Option<Value> = previous.and_then(|b| serde_json::from_slice(b).ok());
-    task::check(prev.as_ref(), new, caller)
+    match rtype {
+        "Task" => task::check(prev.as_ref(), new, caller),
+        "CareTeam" => careplan::check_care_team(prev.as_ref(), caller),
+        _ => {
+            if careplan::restricted_member(caller).is_none() {
+                return Ok(());
+            }
+            let keys = prev.as_ref().map(careplan::care_team_keys).unwrap_or_default();
+            let rows = if keys.is_empty() { vec![] } else { tx.current_many(&keys).await? };
+            let teams: Vec<Value> = rows
+                .into_iter()
+                .flatten()
+                .filter(|r| !r.deleted)
+                .filter_map(|r| r.body.and_then(|b| serde_json::from_slice(&b).ok()))
+                .collect();
+            careplan::check_care_plan(prev.as_ref(), new, caller, &teams)
+        }
+    }
 }

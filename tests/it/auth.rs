@@ -8,18 +8,14 @@
 //! concurrently), rate limits (429) and the loopback rule of the insecure
 //! development mode. Keys: test-only, `fixtures/auth/`.
 
-use crate::common::{assert_outcome, client, fixtures, postgres_url, send, Backend, Resp, TestServer};
+use crate::common::{assert_outcome, auth_dir, authenticator_from, client, fixtures, now, postgres_url, send, token_for, token_request, Assertion, Backend, Resp, TestServer};
 use carebridge::api::ApiConfig;
 use carebridge::auth::policy::{Interaction, RolePolicy, INGEST, SYSTEM};
 use carebridge::auth::MemberType;
 use carebridge::services::ValidationMode;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 use std::sync::Arc;
-
-fn auth_dir() -> std::path::PathBuf {
-    fixtures().join("auth")
-}
 
 /// One member and one client per member type (`c-<type>`, ES384 key,
 /// `system/*.cruds`), plus `rs-client` (RS384) and `narrow` (a hospital
@@ -42,8 +38,7 @@ fn auth_toml(extra: &str) -> String {
 }
 
 fn authenticator(extra: &str) -> Arc<carebridge::auth::token::Authenticator> {
-    let section: carebridge::config::AuthSection = toml::from_str(&auth_toml(extra)).expect("auth toml");
-    Arc::new(section.build(&auth_dir()).expect("auth config builds"))
+    authenticator_from(&auth_toml(extra))
 }
 
 async fn start(backend: Backend, extra: &str) -> TestServer {
@@ -69,57 +64,6 @@ fn backends() -> Vec<Backend> {
         v.push(Backend::Postgres);
     }
     v
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
-struct Assertion<'a> {
-    alg: Algorithm,
-    kid: &'a str,
-    key: &'a str,
-    iss: &'a str,
-    aud: String,
-    exp: i64,
-    jti: String,
-}
-
-impl<'a> Assertion<'a> {
-    fn es(s: &TestServer, client: &'a str) -> Self {
-        Assertion { alg: Algorithm::ES384, kid: "es384-1", key: "es384-client.pem", iss: client, aud: s.url("auth/token"), exp: now() + 240, jti: uuid::Uuid::new_v4().to_string() }
-    }
-    fn rs(s: &TestServer, client: &'a str) -> Self {
-        Assertion { alg: Algorithm::RS384, kid: "rs384-1", key: "rs384-client.pem", iss: client, aud: s.url("auth/token"), exp: now() + 240, jti: uuid::Uuid::new_v4().to_string() }
-    }
-    fn sign(&self) -> String {
-        let pem = std::fs::read(auth_dir().join(self.key)).expect("test key");
-        let key = match self.alg {
-            Algorithm::RS384 => EncodingKey::from_rsa_pem(&pem).expect("rsa key"),
-            _ => EncodingKey::from_ec_pem(&pem).expect("ec key"),
-        };
-        let mut h = Header::new(self.alg);
-        h.kid = Some(self.kid.to_owned());
-        let claims = json!({"iss": self.iss, "sub": self.iss, "aud": self.aud, "exp": self.exp, "iat": now(), "jti": self.jti});
-        jsonwebtoken::encode(&h, &claims, &key).expect("sign")
-    }
-}
-
-async fn token_request(base: &str, assertion: &str, scope: &str) -> Resp {
-    let body = form_urlencoded::Serializer::new(String::new())
-        .append_pair("grant_type", "client_credentials")
-        .append_pair("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
-        .append_pair("client_assertion", assertion)
-        .append_pair("scope", scope)
-        .finish();
-    send(client().post(format!("{base}/auth/token")).header("content-type", "application/x-www-form-urlencoded").body(body)).await
-}
-
-/// An access token for a `c-<type>` client with `system/*.cruds`.
-async fn token_for(s: &TestServer, client_id: &str) -> String {
-    let r = token_request(&s.base, &Assertion::es(s, client_id).sign(), "system/*.cruds").await;
-    assert_eq!(r.status, 200, "token for {client_id}: {}", r.text);
-    r.json()["access_token"].as_str().unwrap().to_owned()
 }
 
 fn assert_token_error(r: &Resp, status: u16, code: &str) {
@@ -328,6 +272,8 @@ fn representative(cat: &str) -> &'static str {
         "report" => "Measure",
         "consent" => "Consent",
         "audit" => "Provenance",
+        "workflow" => "CareTeam",
+        "subscription" => "Subscription",
         _ => "Basic",
     }
 }
@@ -357,6 +303,18 @@ fn body_for(t: &str, id: Option<&str>) -> Value {
     }
     if t == "Basic" {
         v["code"] = json!({"text": "x"});
+    }
+    if t == "CareTeam" {
+        // every member is a participant: the workflow rules let participants update a CareTeam
+        let members: Vec<Value> = MemberType::ALL.iter().map(|mt| json!({"member": {"reference": format!("Organization/org-{}", mt.as_str())}})).collect();
+        v["participant"] = json!(members);
+    }
+    if t == "Subscription" {
+        // the topic and channel checks need a usable subscription
+        v["status"] = json!("requested");
+        v["reason"] = json!("role matrix");
+        v["criteria"] = json!("https://carebridge.example/fhir/SubscriptionTopic/encounter-discharge");
+        v["channel"] = json!({"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook", "payload": "application/fhir+json"});
     }
     v
 }

@@ -262,3 +262,75 @@ pub fn match_ids(bundle: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+// -- SMART Backend Services clients (test-only keys in `fixtures/auth/`) --
+
+/// The test-only keys and JWKS files (`fixtures/auth/`).
+pub fn auth_dir() -> PathBuf {
+    fixtures().join("auth")
+}
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// A client assertion (`private_key_jwt`) as a SMART Backend Services
+/// client signs it; fields are public so tests can spoil one.
+pub struct Assertion<'a> {
+    pub alg: jsonwebtoken::Algorithm,
+    pub kid: &'a str,
+    pub key: &'a str,
+    pub iss: &'a str,
+    pub aud: String,
+    pub exp: i64,
+    pub jti: String,
+}
+
+impl<'a> Assertion<'a> {
+    /// ES384 with `es384-client.pem` (kid `es384-1`) for the server's token endpoint.
+    pub fn es(s: &TestServer, client: &'a str) -> Self {
+        Assertion { alg: jsonwebtoken::Algorithm::ES384, kid: "es384-1", key: "es384-client.pem", iss: client, aud: s.url("auth/token"), exp: now() + 240, jti: uuid::Uuid::new_v4().to_string() }
+    }
+    /// RS384 with `rs384-client.pem` (kid `rs384-1`).
+    pub fn rs(s: &TestServer, client: &'a str) -> Self {
+        Assertion { alg: jsonwebtoken::Algorithm::RS384, kid: "rs384-1", key: "rs384-client.pem", iss: client, aud: s.url("auth/token"), exp: now() + 240, jti: uuid::Uuid::new_v4().to_string() }
+    }
+    pub fn sign(&self) -> String {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        let pem = std::fs::read(auth_dir().join(self.key)).expect("test key");
+        let key = match self.alg {
+            Algorithm::RS384 => EncodingKey::from_rsa_pem(&pem).expect("rsa key"),
+            _ => EncodingKey::from_ec_pem(&pem).expect("ec key"),
+        };
+        let mut h = Header::new(self.alg);
+        h.kid = Some(self.kid.to_owned());
+        let claims = serde_json::json!({"iss": self.iss, "sub": self.iss, "aud": self.aud, "exp": self.exp, "iat": now(), "jti": self.jti});
+        jsonwebtoken::encode(&h, &claims, &key).expect("sign")
+    }
+}
+
+/// `POST /auth/token` (client credentials grant with a client assertion).
+pub async fn token_request(base: &str, assertion: &str, scope: &str) -> Resp {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "client_credentials")
+        .append_pair("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        .append_pair("client_assertion", assertion)
+        .append_pair("scope", scope)
+        .finish();
+    send(client().post(format!("{base}/auth/token")).header("content-type", "application/x-www-form-urlencoded").body(body)).await
+}
+
+/// An access token for an ES384 client (`es384-client.jwks.json`) with `system/*.cruds`.
+pub async fn token_for(s: &TestServer, client_id: &str) -> String {
+    let r = token_request(&s.base, &Assertion::es(s, client_id).sign(), "system/*.cruds").await;
+    assert_eq!(r.status, 200, "token for {client_id}: {}", r.text);
+    r.json()["access_token"].as_str().unwrap().to_owned()
+}
+
+/// An `[auth]` section (TOML, paths relative to `fixtures/auth/`) built
+/// into the server's authenticator.
+pub fn authenticator_from(toml_text: &str) -> Arc<carebridge::auth::token::Authenticator> {
+    let section: carebridge::config::AuthSection = toml::from_str(toml_text).expect("auth toml");
+    Arc::new(section.build(&auth_dir()).expect("auth config builds"))
+}

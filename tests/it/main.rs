@@ -18,6 +18,7 @@ mod mpi;
 mod import;
 mod report;
 mod rest;
+mod scenario;
 mod sdk_client;
 mod search;
 mod storage;

@@ -236,7 +236,7 @@ async fn suite(backend: Backend) {
     let ev = get(&s, &format!("Subscription/{id}/$events?eventsSinceNumber=2&content=full-resource")).await;
     assert_eq!(ev.status, 200, "{}", ev.text);
     let evb = ev.json();
-    assert_eq!(event_numbers(&[evb.clone()]), vec![2]);
+    assert_eq!(event_numbers(std::slice::from_ref(&evb)), vec![2]);
     assert_eq!(status_param(&evb, "type").as_deref(), Some("query-event"));
     assert_eq!(evb["entry"][1]["resource"]["id"], "e4");
     assert_eq!(get(&s, &format!("Subscription/{id}/$events?eventsSinceNumber=x")).await.status, 400);

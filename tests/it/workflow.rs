@@ -7,7 +7,9 @@
 //! (2) an HL7 v2 A03 discharge notifies the municipality's endpoint within
 //!     1 s, which creates a home-care Task and completes it;
 //! (3) the heart-failure standard applied to a patient gives a CarePlan
-//!     with activities for GP and nursing, each updating only its part.
+//!     with activities for GP and nursing, each updating only its part;
+//!     the plan is updated by its author and its care team's participants
+//!     only, and only participants change the team.
 //! Member callers are exercised through the pipeline with a real
 //! `auth::Caller` (what `api::Req.caller` carries once authentication is on).
 
@@ -279,6 +281,32 @@ async fn standards_suite(backend: Backend) {
     move_task(&s, &nursing, nid, "in-progress").await.unwrap();
     let done = get(&s, &format!("Task?based-on=CarePlan/{cp_id}&status=completed")).await.json();
     assert_eq!(match_ids(&done), vec![gid.to_owned()]);
+
+    // the plan itself: its author and its care team's participants update it, nobody else
+    let (hospital, outsider) = (member("hospital", MemberType::Hospital), member("other", MemberType::Hospital));
+    let mut plan = get(&s, &format!("CarePlan/{cp_id}")).await.json();
+    plan["note"] = json!([{"text": "first nursing visit done"}]);
+    write_as(&s, &nursing, &plan).await.unwrap();
+    plan["note"] = json!([{"text": "first nursing visit done"}, {"text": "GP visit booked"}]);
+    write_as(&s, &gp, &plan).await.unwrap();
+    assert_forbidden(write_as(&s, &outsider, &plan).await);
+    // only the author changes who authors it or which team carries it
+    let mut taken = plan.clone();
+    taken["author"] = json!({"reference": "Organization/gp"});
+    assert_forbidden(write_as(&s, &gp, &taken).await);
+    let mut reteamed = plan.clone();
+    reteamed["careTeam"] = json!([{"reference": "CareTeam/team-hf1"}, {"reference": "CareTeam/team-other"}]);
+    assert_forbidden(write_as(&s, &nursing, &reteamed).await);
+    write_as(&s, &hospital, &reteamed).await.unwrap();
+    assert_eq!(get(&s, &format!("CarePlan/{cp_id}")).await.json()["note"].as_array().unwrap().len(), 2);
+    // the team: its participants change it, an outsider cannot join on its own
+    let mut team = get(&s, "CareTeam/team-hf1").await.json();
+    team["participant"].as_array_mut().unwrap().push(json!({"member": {"reference": "Organization/other"}}));
+    assert_forbidden(write_as(&s, &outsider, &team).await);
+    write_as(&s, &gp, &team).await.unwrap();
+    let mut current = get(&s, &format!("CarePlan/{cp_id}")).await.json();
+    current["note"].as_array_mut().unwrap().push(json!({"text": "joined the team"}));
+    write_as(&s, &outsider, &current).await.unwrap(); // now a participant: may update the plan
 
     // the wound-care standard without a care team: activities without owners
     let r = get(&s, "PlanDefinition/chronic-wound-care-home/$apply?subject=Patient/hf1").await;

@@ -310,6 +310,7 @@ pub async fn patient_compartment(
         out.sort_by_key(|r| patients.iter().position(|p| *p == r.id));
     }
     let mut seen: HashSet<(String, String)> = out.iter().map(|r| (r.rtype.clone(), r.id.clone())).collect();
+    let own = out.len();
     for chunk in patients.chunks(200) {
         let sql = plan::compartment_sql(&services.registry.patient_compartment, chunk, types, since);
         for r in services.store.query(sql).await? {
@@ -318,6 +319,8 @@ pub async fn patient_compartment(
             }
         }
     }
+    // the Patients first (as asked for), then by type and storage key
+    out[own..].sort_unstable_by(|a, b| a.rtype.cmp(&b.rtype).then(a.rkey.cmp(&b.rkey)));
     Ok(out)
 }
 

@@ -558,6 +558,7 @@ pub fn compartment_sql(members: &[(String, Vec<String>)], patients: &[String], t
     if let Some(s) = since {
         sql.push(" AND r.last_updated >= ").int_param(s);
     }
-    sql.push(" ORDER BY r.rtype, r.rkey");
+    // no ORDER BY: sorting rows with their bodies in SQLite copies every body;
+    // the caller orders the rows (by type, then key)
     sql
 }

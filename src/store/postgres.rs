@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres-3-export.sql"),
     include_str!("migrations/postgres-4-auth.sql"),
     include_str!("migrations/postgres-5-subscription.sql"),
+    include_str!("migrations/postgres-6-compartment.sql"),
 ];
 
 pub struct PgStore {

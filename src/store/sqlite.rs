@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite-3-export.sql"),
     include_str!("migrations/sqlite-4-auth.sql"),
     include_str!("migrations/sqlite-5-subscription.sql"),
+    include_str!("migrations/sqlite-6-compartment.sql"),
 ];
 
 pub struct SqliteStore {

@@ -47,8 +47,12 @@ pub fn interval(rtype: &str, res: &Value) -> Option<(i64, i64)> {
         "MedicationRequest" => &["authoredOn"],
         _ => &[],
     };
+    // `{name}DateTime`, `{name}Period` and `{name}` without building the keys
+    let member = |n: &str, suffix: &str| {
+        res.as_object()?.iter().find(|(k, _)| k.len() == n.len() + suffix.len() && k.starts_with(n) && k.ends_with(suffix)).map(|(_, v)| v)
+    };
     for n in names {
-        for (suffix, v) in [("DateTime", res.get(format!("{n}DateTime"))), ("Period", res.get(format!("{n}Period"))), ("", res.get(*n))] {
+        for (suffix, v) in [("DateTime", member(n, "DateTime")), ("Period", member(n, "Period")), ("", res.get(*n))] {
             let Some(v) = v else { continue };
             if suffix == "Period" {
                 let lo = v.get("start").and_then(Value::as_str).and_then(datetime::parse).map(|d| d.lo);

@@ -283,7 +283,9 @@ fn is_vital(res: &Value) -> bool {
 /// Which section an entry belongs to (index into SECTIONS), if any.
 fn section_of(rtype: &str, res: &Value) -> Option<usize> {
     let status = |k: &str| res.get(k).and_then(Value::as_str).unwrap_or("");
-    let coded = |k: &str| res.pointer(&format!("/{k}/coding/0/code")).and_then(Value::as_str).unwrap_or("");
+    let coded = |k: &str| {
+        res.get(k).and_then(|c| c.get("coding")).and_then(|c| c.get(0)).and_then(|c| c.get("code")).and_then(Value::as_str).unwrap_or("")
+    };
     let excluded = status("status") == "entered-in-error"
         || coded("verificationStatus") == "entered-in-error"
         || coded("verificationStatus") == "refuted"
@@ -387,7 +389,7 @@ pub async fn ips(services: &Services, id: &str, base: &str, now_us: i64, access:
     // which record (Patient) an entry belongs to
     let record_of = |v: &Value| -> String {
         for k in ["subject", "patient"] {
-            if let Some(r) = v.pointer(&format!("/{k}/reference")).and_then(Value::as_str) {
+            if let Some(r) = v.get(k).and_then(|x| x.get("reference")).and_then(Value::as_str) {
                 return r.trim_start_matches("Patient/").to_owned();
             }
         }
@@ -395,7 +397,7 @@ pub async fn ips(services: &Services, id: &str, base: &str, now_us: i64, access:
     };
     // the patient's own record first, so its entries are the ones kept
     let rank: HashMap<&str, usize> = group.iter().enumerate().map(|(i, g)| (g.as_str(), i)).collect();
-    parsed.sort_by_key(|(r, v)| (rank.get(record_of(v).as_str()).copied().unwrap_or(usize::MAX), r.rtype.clone(), r.rkey));
+    parsed.sort_by_cached_key(|(r, v)| (rank.get(record_of(v).as_str()).copied().unwrap_or(usize::MAX), r.rtype.clone(), r.rkey));
 
     let mut per_section: Vec<Vec<usize>> = vec![vec![]; SECTIONS.len()];
     for (i, (r, v)) in parsed.iter().enumerate() {

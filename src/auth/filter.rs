@@ -179,29 +179,7 @@ impl<'a> Access<'a> {
 
     /// The Patient ids a resource belongs to (its Patient compartment).
     pub fn patients_of(&self, rtype: &str, id: &str, res: &Value) -> Vec<String> {
-        if rtype == "Patient" {
-            return vec![id.to_owned()];
-        }
-        let reg = &self.services.registry;
-        let mut out: Vec<String> = vec![];
-        let extra = OUTSIDE_COMPARTMENT.iter().filter(|(t, _)| *t == rtype).map(|(t, p)| ((*t).to_owned(), vec![(*p).to_owned()]));
-        let members = reg.patient_compartment.iter().filter(|(t, _)| t == rtype).cloned().chain(extra);
-        for (t, params) in members {
-            for code in &params {
-                let Some(sp) = reg.param(&t, code) else { continue };
-                for b in &sp.branches {
-                    for n in crate::search::extract::eval(b, res) {
-                        let r = n.v.get("reference").and_then(Value::as_str).or_else(|| n.v.as_str());
-                        if let Some((Some(pt), Some(pid))) = r.map(crate::fhir::reference::parse) {
-                            if pt == "Patient" && !out.contains(&pid) {
-                                out.push(pid);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        out
+        compartment_patients(&self.services.registry, rtype, id, res)
     }
 
     /// The facts about the person of Patient `pid` (cached for the request).
@@ -219,10 +197,8 @@ impl<'a> Access<'a> {
     }
 
     async fn owned_by_member(&mut self, person: &PersonFacts, member: &str, rtype: &str, id: &str, res: &Value) -> Result<bool, AccessError> {
-        if let Some(src) = res.pointer("/meta/source").and_then(Value::as_str) {
-            if src == format!("urn:carebridge:member:{member}") || src == format!("Organization/{member}") || src.ends_with(&format!("/Organization/{member}")) {
-                return Ok(true);
-            }
+        if source_names_member(res, member) {
+            return Ok(true);
         }
         let key = person.records.first().cloned().unwrap_or_default();
         let set = match self.owned.get(&key) {
@@ -344,6 +320,45 @@ fn label_break_glass(mut v: Value) -> Bytes {
     }
     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
 }
+
+/// The Patient ids a resource belongs to: its Patient compartment (R4
+/// `compartmentdefinition-patient.html`) plus the patient references of the
+/// types in [`OUTSIDE_COMPARTMENT`]; a Patient belongs to itself.
+pub fn compartment_patients(reg: &crate::search::Registry, rtype: &str, id: &str, res: &Value) -> Vec<String> {
+    if rtype == "Patient" {
+        return vec![id.to_owned()];
+    }
+    let mut out: Vec<String> = vec![];
+    let extra = OUTSIDE_COMPARTMENT.iter().filter(|(t, _)| *t == rtype).map(|(t, p)| ((*t).to_owned(), vec![(*p).to_owned()]));
+    let members = reg.patient_compartment.iter().filter(|(t, _)| t == rtype).cloned().chain(extra);
+    for (t, params) in members {
+        for code in &params {
+            let Some(sp) = reg.param(&t, code) else { continue };
+            for b in &sp.branches {
+                for n in crate::search::extract::eval(b, res) {
+                    let r = n.v.get("reference").and_then(Value::as_str).or_else(|| n.v.as_str());
+                    if let Some((Some(pt), Some(pid))) = r.map(crate::fhir::reference::parse) {
+                        if pt == "Patient" && !out.contains(&pid) {
+                            out.push(pid);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Does the resource's `meta.source` name the member
+/// (`urn:carebridge:member:{member}`, or a reference ending in
+/// `Organization/{member}`)? What the gateway stamps on a member's writes.
+pub fn source_names_member(res: &Value, member: &str) -> bool {
+    let Some(src) = res.pointer("/meta/source").and_then(Value::as_str) else { return false };
+    src.strip_prefix(MEMBER_SOURCE).is_some_and(|m| m == member) || src == format!("Organization/{member}") || src.ends_with(&format!("/Organization/{member}"))
+}
+
+/// The `meta.source` prefix of what a member wrote (`urn:carebridge:member:{member}`).
+pub const MEMBER_SOURCE: &str = "urn:carebridge:member:";
 
 /// The one filter for code that reads rows outside an HTTP request's
 /// handler (bulk export, reports, subscription notifications): the rows

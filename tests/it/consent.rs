@@ -381,3 +381,117 @@ async fn dev_caller_header_only_when_enabled() {
     assert_eq!(get(&s, "Observation/rel-enc-obs").await.status, 200);
     s.stop().await;
 }
+
+/// A research opt-out: sharing for care stays as it is, research is denied.
+fn research_opt_out() -> Value {
+    json!({"type": "permit", "provision": [{"type": "deny",
+        "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HRESCH"}]}]})
+}
+
+/// Every `Type/id` of an export's files (and each file's manifest count checked).
+async fn exported(s: &TestServer, query: &str, caller: &str) -> std::collections::BTreeSet<String> {
+    let st = crate::export::kick_off(s, query, caller).await;
+    let m = crate::export::wait(&st, caller).await;
+    let mut out = std::collections::BTreeSet::new();
+    for o in m["output"].as_array().unwrap() {
+        let rows = crate::export::lines(o["url"].as_str().unwrap(), caller).await;
+        assert_eq!(o["count"].as_u64(), Some(rows.len() as u64), "manifest count = lines: {o}");
+        for r in rows {
+            out.insert(format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap()));
+        }
+    }
+    out
+}
+
+/// Bulk export and measure reports pass the same filter as every read
+/// (issue 7): a clinical member's export holds exactly what it may read
+/// (relationship kinds, MPI links, own records, Consent provisions); the
+/// insurer's de-identified export and aggregate counts leave out exactly
+/// the persons whose Consent explicitly denies research (or the insurer),
+/// while a plain deny of sharing keeps a person in de-identified data.
+async fn exports(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let api = carebridge::api::ApiConfig {
+        dev_caller_header: true,
+        report: carebridge::report::ReportConfig { export_dir: dir.path().to_path_buf(), export_page: 3, ..Default::default() },
+        ..Default::default()
+    };
+    let s = TestServer::start_api_access(backend, api, carebridge::services::ValidationMode::Enforce, opt_out()).await;
+    network(&s).await;
+    let no_insurer = json!({"type": "permit", "provision": [{"type": "deny", "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]}, "reference": {"reference": "Organization/org-ins"}}]}]});
+    seed_case(&s, "exp-ok", None).await;
+    seed_case(&s, "exp-deny", Some(&json!({"type": "deny"}))).await;
+    seed_case(&s, "exp-code", Some(&fixture("provisions.json")[8]["provision"])).await;
+    seed_case(&s, "exp-research", Some(&research_opt_out())).await;
+    seed_case(&s, "exp-noins", Some(&no_insurer)).await;
+    let q = "$export?_type=Patient,Observation,Encounter,Condition,CareTeam";
+    let all = exported(&s, q, "ops;operator").await;
+    assert!(all.contains("Observation/exp-deny-hb") && all.contains("Patient/rel-none"), "the operator exports everything");
+
+    // each clinical member's export = exactly what it may read
+    let members = [HOSP, GP, "nursing-service org-nurse", "therapist org-ther", "pharmacy org-pharm", "municipality org-muni"];
+    for member in members {
+        let got = exported(&s, q, &dev_header(member)).await;
+        assert!(got.is_subset(&all));
+        for key in &all {
+            let r = as_caller(&s, member, None, key).await;
+            assert_eq!(got.contains(key), r.status == 200, "{member}: {key} exported iff readable ({})", r.status);
+        }
+        if member == HOSP {
+            for want in ["Observation/exp-ok-hb", "Observation/exp-research-hb", "Observation/exp-code-old", "Observation/rel-enc-obs", "Observation/rel-mpi-b-obs"] {
+                assert!(got.contains(want), "hospital export lacks {want}");
+            }
+            for gone in ["Observation/exp-deny-hb", "Patient/exp-deny", "Observation/exp-code-hb", "Observation/rel-none-obs", "Observation/rel-fin-obs"] {
+                assert!(!got.contains(gone), "hospital export holds {gone}");
+            }
+        }
+        if member == GP {
+            assert!(got.contains("Observation/rel-none-own") && !got.contains("Observation/rel-none-obs"), "own record only");
+        }
+    }
+    // a Group-level export is filtered the same way
+    let g = json!({"resourceType": "Group", "id": "exp-cohort", "type": "person", "actual": true,
+        "member": [{"entity": {"reference": "Patient/exp-ok"}}, {"entity": {"reference": "Patient/exp-deny"}}]});
+    assert_eq!(put_json(&s, "Group/exp-cohort", &g).await.status, 201);
+    let got = exported(&s, "Group/exp-cohort/$export?_type=Observation", &dev_header(HOSP)).await;
+    assert!(got.contains("Observation/exp-ok-hb") && !got.iter().any(|k| k.contains("exp-deny")), "{got:?}");
+
+    // the insurer: de-identified, and without the persons who opted out of research or named the insurer
+    let ins = exported(&s, "$export?_type=Patient,Observation", &dev_header(INSURER)).await;
+    let count = |set: &std::collections::BTreeSet<String>, t: &str| set.iter().filter(|k| k.starts_with(&format!("{t}/"))).count();
+    let of = |pid: &str| all.iter().filter(|k| k.starts_with("Observation/") && k.contains(&format!("/{pid}-"))).count();
+    assert_eq!(of("exp-research"), 3);
+    assert_eq!(count(&ins, "Patient"), count(&all, "Patient") - 2, "exp-research and exp-noins left out, exp-deny kept");
+    assert_eq!(count(&ins, "Observation"), count(&all, "Observation") - of("exp-research") - of("exp-noins"));
+    assert!(!ins.iter().any(|k| k.contains("exp-")), "pseudonymous ids only");
+
+    // measure counts: only an explicit denial of the purpose removes a person
+    let m = json!({"resourceType": "Measure", "id": "all-persons", "status": "active",
+        "scoring": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-scoring", "code": "cohort"}]},
+        "group": [{"id": "all", "population": [{"code": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-population", "code": "initial-population"}]},
+            "criteria": {"language": "text/fhirpath", "expression": "true"}}]}]});
+    assert_eq!(put_json(&s, "Measure/all-persons", &m).await.status, 201);
+    let period = "periodStart=2024-01-01&periodEnd=2024-12-31";
+    let subjects = |rep: &Value| -> Vec<String> {
+        let list = rep["contained"].as_array().unwrap().iter().find(|c| c["resourceType"] == "List").unwrap();
+        list["entry"].as_array().unwrap().iter().map(|e| e["item"]["reference"].as_str().unwrap().to_owned()).collect()
+    };
+    let ips = |rep: &Value| rep["group"][0]["population"][0]["count"].as_u64().unwrap();
+    let everyone = get(&s, &format!("Measure/all-persons/$evaluate-measure?{period}&reportType=subject-list")).await.json();
+    let persons = subjects(&everyone);
+    assert!(persons.contains(&"Patient/exp-research".to_owned()) && persons.contains(&"Patient/exp-deny".to_owned()), "{persons:?}");
+    let op = get(&s, &format!("Measure/all-persons/$evaluate-measure?{period}")).await.json();
+    assert_eq!(ips(&op), persons.len() as u64 - 1, "the research opt-out is not counted: {op}");
+    let r = as_caller(&s, INSURER, None, &format!("Measure/all-persons/$evaluate-measure?{period}")).await;
+    assert_eq!(ips(&r.json()), persons.len() as u64 - 2, "nor, for the insurer, the person who denied the insurer");
+    // a clinical member's subject list: only the persons it may read
+    let hosp = subjects(&as_caller(&s, HOSP, None, &format!("Measure/all-persons/$evaluate-measure?{period}&reportType=subject-list")).await.json());
+    for want in ["Patient/exp-ok", "Patient/exp-research", "Patient/rel-enc"] {
+        assert!(hosp.contains(&want.to_owned()), "{want} in {hosp:?}");
+    }
+    for gone in ["Patient/exp-deny", "Patient/rel-none", "Patient/rel-fin", "Patient/rel-eoc"] {
+        assert!(!hosp.contains(&gone.to_owned()), "{gone} in {hosp:?}");
+    }
+    s.stop().await;
+}
+on_both!(export_and_reports_filtered, exports);

@@ -261,6 +261,65 @@ async fn audit_n_accesses_n_events() {
 }
 
 /// A representative type per resource category.
+/// Reads inside a batch or transaction Bundle are audited like direct
+/// reads: N `GET` entries → N AuditEvents (data, patient, status), and a
+/// failed batch write entry is audited too.
+#[tokio::test]
+async fn audit_bundle_reads_one_event_each() {
+    for b in backends() {
+        let s = start(b, "").await;
+        let op = token_for(&s, "c-operator").await;
+        let hosp = token_for(&s, "c-hospital").await;
+        let post = |body: Value| {
+            let (url, tok) = (s.url(""), hosp.clone());
+            async move { send(client().post(url).bearer_auth(tok).header("content-type", "application/fhir+json").body(body.to_string())).await }
+        };
+        let obs = |id: &str| json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/pb1"}});
+        let setup = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Patient", "id": "pb1"}, "request": {"method": "PUT", "url": "Patient/pb1"}},
+            {"resource": obs("bo1"), "request": {"method": "PUT", "url": "Observation/bo1"}},
+            {"resource": obs("bo2"), "request": {"method": "PUT", "url": "Observation/bo2"}}]});
+        assert_eq!(post(setup).await.status, 200);
+        let base = rest_audit_count(&s, &op).await;
+        // a batch of five reads (one of them of a missing resource): five records
+        let get = |url: &str| json!({"request": {"method": "GET", "url": url}});
+        let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [get("Observation/bo1"), get("Observation/bo2"), get("Patient/pb1"), get("Observation/bo1"), get("Observation/nope")]});
+        let r = post(batch).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let statuses: Vec<String> = r.json()["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()[..3].to_owned()).collect();
+        assert_eq!(statuses, vec!["200", "200", "200", "200", "404"]);
+        let after = rest_audit_count(&s, &op).await;
+        assert_eq!(after - base - 1, 5, "one AuditEvent per batch read");
+        let r = get_with(&s, &op, "AuditEvent?entity=Observation/bo2&subtype=read").await;
+        let entries = r.json()["entry"].as_array().cloned().unwrap_or_default();
+        assert_eq!(entries.len(), 1, "{}", r.text);
+        let ae = &entries[0]["resource"];
+        assert_eq!(ae["action"], "R");
+        assert_eq!(ae["outcome"], "0");
+        assert_eq!(ae["agent"][0]["who"]["identifier"]["value"], "c-hospital");
+        assert!(ae["entity"].as_array().unwrap().iter().any(|e| e["what"]["reference"] == "Patient/pb1" && e["role"]["code"] == "1"), "{ae}");
+        assert!(ae["subtype"].as_array().unwrap().iter().any(|c| c["display"] == "Bundle.entry[1]"), "{ae}");
+        let r = get_with(&s, &op, "AuditEvent?entity=Observation/nope").await;
+        assert_eq!(r.json()["entry"][0]["resource"]["outcome"], "4", "the failed read is recorded as a failure");
+        // a transaction with one write and two reads: the change's record plus one per read
+        let base = rest_audit_count(&s, &op).await;
+        let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": obs("bo3"), "request": {"method": "PUT", "url": "Observation/bo3"}}, get("Observation/bo1"), get("Observation/bo3")]});
+        assert_eq!(post(tx).await.status, 200);
+        assert_eq!(rest_audit_count(&s, &op).await - base - 1, 3);
+        // a batch write entry that fails is recorded (nothing was written)
+        let base = rest_audit_count(&s, &op).await;
+        let bad = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"resource": obs("bo4"), "request": {"method": "PUT", "url": "Observation/other-id"}}, get("Observation/bo2")]});
+        let r = post(bad).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(rest_audit_count(&s, &op).await - base - 1, 2);
+        let r = get_with(&s, &op, "AuditEvent?entity=Observation/other-id").await;
+        assert_eq!(r.json()["entry"][0]["resource"]["outcome"], "4", "{}", r.text);
+        s.stop().await;
+    }
+}
+
 fn representative(cat: &str) -> &'static str {
     match cat {
         "patient" => "Patient",

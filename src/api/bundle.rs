@@ -179,6 +179,7 @@ fn entry_record(template: &AccessRecord, request: &(Method, String), i: usize, s
         failure: failure.map(|f| f.chars().take(200).collect()),
         operation: Some(format!("Bundle.entry[{i}]")),
         bundle: false,
+        relationships: vec![],
     }
 }
 

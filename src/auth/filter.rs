@@ -301,6 +301,46 @@ impl<'a> Access<'a> {
     }
 }
 
+/// Types whose changes the workflow rules decide (owner / requester /
+/// author / participants, `workflow`), not [`may_change`].
+pub const WORKFLOW_TYPES: &[&str] = &["Task", "CarePlan", "CareTeam"];
+
+/// May `caller` update or delete the stored resource `current` (its live
+/// version's bytes)? Restricted callers (clinical members, the insurer) may
+/// change a patient-level resource only when they may read it — a care
+/// relationship with every patient it belongs to and their Consent, or the
+/// member created it (`meta.source`, which the pipeline sets on a member's
+/// creates and keeps on its updates, or a Provenance naming the member) —
+/// and break-glass never extends to changes.
+/// Task, CarePlan and CareTeam follow the workflow rules instead
+/// ([`WORKFLOW_TYPES`]). Operators, integration engines and system sources
+/// (no caller) are not restricted.
+pub async fn may_change(services: &Services, caller: &Caller, rtype: &str, id: &str, current: &Bytes) -> Result<(), AccessError> {
+    if WORKFLOW_TYPES.contains(&rtype) {
+        return Ok(());
+    }
+    let mut access = Access::new(services, caller);
+    if access.is_unrestricted() {
+        return Ok(());
+    }
+    access.break_glass = false;
+    let Ok(v) = serde_json::from_slice::<Value>(current) else { return Ok(()) };
+    match access.decide(rtype, id, &v).await? {
+        Verdict::Permit => Ok(()),
+        Verdict::BreakGlass | Verdict::Deny(Denial::PatientLevel) => {
+            Err(AccessError::Denied(format!("{rtype}/{id} belongs to a patient's record this member may not change")))
+        }
+        Verdict::Deny(Denial::NoRelationship) => Err(AccessError::Denied(format!(
+            "{who} may not change {rtype}/{id}: no care relationship with the patient, and it did not create it",
+            who = caller.member_reference().unwrap_or_else(|| caller.client_id.clone())
+        ))),
+        Verdict::Deny(Denial::Consent) => Err(AccessError::Denied(format!(
+            "{who} may not change {rtype}/{id}: the patient's consent does not permit its access",
+            who = caller.member_reference().unwrap_or_else(|| caller.client_id.clone())
+        ))),
+    }
+}
+
 /// The `meta.security` label of a break-glass release.
 pub fn break_glass_label() -> Value {
     serde_json::json!({"system": ACT_REASON, "code": "BTG", "display": "break the glass"})
@@ -351,7 +391,7 @@ pub fn compartment_patients(reg: &crate::search::Registry, rtype: &str, id: &str
 
 /// Does the resource's `meta.source` name the member
 /// (`urn:carebridge:member:{member}`, or a reference ending in
-/// `Organization/{member}`)? What the gateway stamps on a member's writes.
+/// `Organization/{member}`)? What the gateway sets on a member's creates.
 pub fn source_names_member(res: &Value, member: &str) -> bool {
     let Some(src) = res.pointer("/meta/source").and_then(Value::as_str) else { return false };
     src.strip_prefix(MEMBER_SOURCE).is_some_and(|m| m == member) || src == format!("Organization/{member}") || src.ends_with(&format!("/Organization/{member}"))

@@ -181,9 +181,10 @@ pub(super) fn period_covers(v: Option<&Value>, now: i64) -> bool {
     lo <= now && now <= hi
 }
 
-/// The relationship a candidate resource makes with `member`, if any
-/// (CareTeam practitioners are checked separately).
-pub(super) fn direct(rtype: &str, v: &Value, member: &str, now: i64) -> Option<&'static str> {
+/// The relationship a resource makes with `member`, if any (CareTeam
+/// practitioners are checked separately); `encounter`, `episode-of-care`,
+/// `referral`, `task`, `care-team` or `treatment`.
+pub fn direct(rtype: &str, v: &Value, member: &str, now: i64) -> Option<&'static str> {
     let any = |ptrs: &[&str]| refs_at(v, ptrs).into_iter().any(|r| is_org(r, member));
     match rtype {
         "Encounter" if matches!(status(v), "planned" | "arrived" | "triaged" | "in-progress" | "onleave") && any(&["/serviceProvider/reference"]) => {

@@ -320,6 +320,54 @@ async fn audit_bundle_reads_one_event_each() {
     }
 }
 
+/// A write that gives the writing member a care relationship (an
+/// Encounter it provides, …) is audited as such; the role policy decides
+/// which member types may write those resources at all.
+#[tokio::test]
+async fn self_granted_relationship_audited() {
+    for b in backends() {
+        let s = start(b, "").await;
+        let op = token_for(&s, "c-operator").await;
+        let put = |tok: String, path: &'static str, body: Value| {
+            let url = s.url(path);
+            async move { send(client().put(url).bearer_auth(tok).header("content-type", "application/fhir+json").body(body.to_string())).await }
+        };
+        let hosp = token_for(&s, "c-hospital").await;
+        let enc = |provider: &str| {
+            json!({"resourceType": "Encounter", "status": "in-progress", "subject": {"reference": "Patient/pr1"},
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                "serviceProvider": {"reference": format!("Organization/{provider}")}})
+        };
+        assert_eq!(put(hosp.clone(), "Patient/pr1", json!({"resourceType": "Patient", "id": "pr1"})).await.status, 201);
+        let mut e1 = enc("org-hospital");
+        e1["id"] = json!("er1");
+        assert_eq!(put(hosp.clone(), "Encounter/er1", e1.clone()).await.status, 201);
+        let marked = |s: &TestServer, op: String| {
+            let url = s.url("AuditEvent?subtype=care-relationship");
+            async move { send(client().get(url).bearer_auth(op)).await.json()["entry"].as_array().cloned().unwrap_or_default() }
+        };
+        let found = marked(&s, op.clone()).await;
+        assert_eq!(found.len(), 1, "{found:?}");
+        let ae = &found[0]["resource"];
+        assert!(ae["subtype"].as_array().unwrap().iter().any(|c| c["code"] == "care-relationship" && c["display"] == "Encounter/er1 (encounter)"), "{ae}");
+        assert!(ae["entity"].as_array().unwrap().iter().any(|e| e["what"]["reference"] == "Patient/pr1"), "{ae}");
+        // updating it is no new relationship; another provider's Encounter is none of the writer's
+        e1["priority"] = json!({"text": "routine"});
+        assert_eq!(put(hosp.clone(), "Encounter/er1", e1).await.status, 200);
+        let mut e2 = enc("org-gp-practice");
+        e2["id"] = json!("er2");
+        assert_eq!(put(hosp.clone(), "Encounter/er2", e2).await.status, 201);
+        assert_eq!(marked(&s, op.clone()).await.len(), 1);
+        // a pharmacy may not open Encounters at all (role policy), so it cannot make itself a provider
+        let pharm = token_for(&s, "c-pharmacy").await;
+        let mut e3 = enc("org-pharmacy");
+        e3["id"] = json!("er3");
+        assert_outcome(&put(pharm, "Encounter/er3", e3).await, 403);
+        assert_eq!(marked(&s, op.clone()).await.len(), 1);
+        s.stop().await;
+    }
+}
+
 fn representative(cat: &str) -> &'static str {
     match cat {
         "patient" => "Patient",

@@ -495,3 +495,136 @@ async fn exports(backend: Backend) {
     s.stop().await;
 }
 on_both!(export_and_reports_filtered, exports);
+
+/// A write as `caller` (`<member-type> <member-id>`, or a raw dev header with `;`).
+async fn write_as(s: &TestServer, caller: &str, method: reqwest::Method, path: &str, body: Option<&Value>, purpose: Option<&str>) -> Resp {
+    let header = if caller.contains(';') { caller.to_owned() } else { dev_header(caller) };
+    let mut rb = client().request(method, s.url(path)).header("x-carebridge-dev-caller", header);
+    if let Some(b) = body {
+        rb = rb.header("content-type", "application/fhir+json").body(b.to_string());
+    }
+    if let Some(p) = purpose {
+        rb = rb.header("x-purpose-of-use", p);
+    }
+    send(rb).await
+}
+
+/// Changes do not depend on the client behaving well (issue 7): a member
+/// updates or deletes a stored patient-level resource only when it may
+/// read it (care relationship + Consent) or created it (`meta.source`,
+/// set by the gateway); break-glass does not extend to changes; creates
+/// stay the role policy's; operators and integration engines are not
+/// restricted. Refusals are 403 with an OperationOutcome and store nothing.
+async fn change_rules(backend: Backend) {
+    use reqwest::Method;
+    let s = TestServer::start_access(backend, opt_in()).await;
+    network(&s).await;
+    seed_case(&s, "chg", Some(&json!({"type": "permit"}))).await; // hospital and GP treat her, she consents
+    seed_case(&s, "chg-deny", Some(&json!({"type": "deny"}))).await; // treated, but she objects
+    const THER: &str = "therapist org-ther";
+    let stored = |id: &'static str| {
+        let s = &s;
+        async move { get(s, &format!("Observation/{id}")).await.json() }
+    };
+    let mut hb = stored("chg-hb").await;
+    hb["status"] = json!("amended");
+
+    // no relationship: update and delete refused, nothing stored
+    for (m, body) in [(Method::PUT, Some(&hb)), (Method::DELETE, None)] {
+        let r = write_as(&s, THER, m.clone(), "Observation/chg-hb", body, None).await;
+        assert_outcome(&r, 403);
+        assert!(r.text.contains("care relationship"), "{}", r.text);
+    }
+    let now = stored("chg-hb").await;
+    assert_eq!((now["meta"]["versionId"].as_str(), now["status"].as_str()), (Some("1"), Some("final")), "nothing stored");
+    // break-glass reads, but never changes
+    assert_eq!(as_caller(&s, THER, Some("BTG"), "Observation/chg-hb").await.status, 200);
+    assert_outcome(&write_as(&s, THER, Method::PUT, "Observation/chg-hb", Some(&hb), Some("BTG")).await, 403);
+    // relationship and consent: allowed
+    assert_eq!(write_as(&s, HOSP, Method::PUT, "Observation/chg-hb", Some(&hb), None).await.status, 200);
+    // relationship without consent: refused
+    let mut dhb = stored("chg-deny-hb").await;
+    dhb["status"] = json!("amended");
+    let r = write_as(&s, HOSP, Method::PUT, "Observation/chg-deny-hb", Some(&dhb), None).await;
+    assert_outcome(&r, 403);
+    assert!(r.text.contains("consent"), "{}", r.text);
+
+    // creates are free (role policy); the creator is recorded by the gateway, not by the client
+    let mine = json!({"resourceType": "Observation", "id": "chg-ther", "status": "final", "code": {"text": "gait"},
+        "subject": {"reference": "Patient/chg-deny"}, "meta": {"source": "urn:carebridge:member:org-hosp"}});
+    let r = write_as(&s, THER, Method::PUT, "Observation/chg-ther", Some(&mine), None).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(stored("chg-ther").await["meta"]["source"], "urn:carebridge:member:org-ther");
+    // the creator changes what it created, even without a relationship; the claim to be the hospital is void
+    let mut again = mine.clone();
+    again["status"] = json!("amended");
+    assert_eq!(write_as(&s, THER, Method::PUT, "Observation/chg-ther", Some(&again), None).await.status, 200);
+    assert_outcome(&write_as(&s, HOSP, Method::PUT, "Observation/chg-ther", Some(&again), None).await, 403);
+    // another member's update keeps the creator
+    let mut ok = stored("chg-hb").await;
+    ok["status"] = json!("corrected");
+    ok["meta"]["source"] = json!("urn:carebridge:member:org-gp");
+    assert_eq!(write_as(&s, GP, Method::PUT, "Observation/chg-hb", Some(&ok), None).await.status, 200);
+    assert!(stored("chg-hb").await["meta"].get("source").is_none(), "the operator created it: no member source");
+    assert_eq!(write_as(&s, THER, Method::DELETE, "Observation/chg-ther", None, None).await.status, 204);
+
+    // a transaction with one refused entry stores nothing
+    let mut cond = get(&s, "Condition/chg-cond").await.json();
+    cond["note"] = json!([{"text": "x"}]);
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": cond, "request": {"method": "PUT", "url": "Condition/chg-cond"}},
+        {"request": {"method": "DELETE", "url": "Observation/chg-deny-old"}}]});
+    let r = write_as(&s, HOSP, Method::POST, "", Some(&tx), None).await;
+    assert_outcome(&r, 403);
+    assert_eq!(get(&s, "Condition/chg-cond").await.json()["meta"]["versionId"], "1");
+    assert_eq!(get(&s, "Observation/chg-deny-old").await.status, 200);
+    // in a batch, the refused entry is 403 on its own
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "DELETE", "url": "Observation/chg-deny-old"}}]});
+    let r = write_as(&s, HOSP, Method::POST, "", Some(&batch), None).await;
+    assert!(r.json()["entry"][0]["response"]["status"].as_str().unwrap().starts_with("403"), "{}", r.text);
+
+    // operators, integration engines: unrestricted
+    assert_eq!(write_as(&s, "test-ie;integration-engine;org-ie", Method::PUT, "Observation/chg-deny-hb", Some(&dhb), None).await.status, 200);
+    assert_eq!(delete(&s, "Observation/chg-deny-old").await.status, 204);
+    s.stop().await;
+}
+on_both!(changes_need_relationship_or_creator, change_rules);
+
+/// Deleting a Task, CarePlan or CareTeam follows the workflow rules of
+/// their updates: a Task its owner or requester, a CarePlan its author, a
+/// CareTeam its participants or managing organization.
+async fn workflow_deletes(backend: Backend) {
+    use reqwest::Method;
+    let s = TestServer::start_access(backend, opt_out()).await;
+    network(&s).await;
+    seed_case(&s, "wfd", None).await;
+    let subj = json!({"reference": "Patient/wfd"});
+    let org = |m: &str| json!({"reference": format!("Organization/{m}")});
+    let team = json!({"resourceType": "CareTeam", "id": "wfd-team", "status": "active", "subject": subj,
+        "managingOrganization": [org("org-hosp")], "participant": [{"member": org("org-gp")}, {"member": org("org-nurse")}]});
+    let plan = json!({"resourceType": "CarePlan", "id": "wfd-plan", "status": "active", "intent": "plan", "subject": subj,
+        "author": org("org-hosp"), "careTeam": [{"reference": "CareTeam/wfd-team"}]});
+    let task = |id: &str| json!({"resourceType": "Task", "id": id, "status": "requested", "intent": "order", "for": subj,
+        "requester": org("org-hosp"), "owner": org("org-nurse")});
+    let entries: Vec<Value> = [team, plan, task("wfd-t1"), task("wfd-t2")].into_iter().map(put).collect();
+    load(&s, &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
+    let refused = |r: Resp, why: &str| {
+        assert_outcome(&r, 403);
+        assert!(r.text.contains(why), "{why}: {}", r.text);
+    };
+    // Task: not a third party (the GP treats her, but is neither owner nor requester)
+    refused(write_as(&s, GP, Method::DELETE, "Task/wfd-t1", None, None).await, "only its owner or requester");
+    assert_eq!(get(&s, "Task/wfd-t1").await.status, 200, "still there");
+    assert_eq!(write_as(&s, "nursing-service org-nurse", Method::DELETE, "Task/wfd-t1", None, None).await.status, 204, "the owner");
+    assert_eq!(write_as(&s, HOSP, Method::DELETE, "Task/wfd-t2", None, None).await.status, 204, "the requester");
+    // CarePlan: a participant may update it, but only the author delete it
+    refused(write_as(&s, GP, Method::DELETE, "CarePlan/wfd-plan", None, None).await, "only its author");
+    assert_eq!(get(&s, "CarePlan/wfd-plan").await.status, 200);
+    assert_eq!(write_as(&s, HOSP, Method::DELETE, "CarePlan/wfd-plan", None, None).await.status, 204);
+    // CareTeam: not an outsider
+    refused(write_as(&s, "pharmacy org-pharm", Method::DELETE, "CareTeam/wfd-team", None, None).await, "only its participants");
+    assert_eq!(get(&s, "CareTeam/wfd-team").await.status, 200);
+    assert_eq!(write_as(&s, GP, Method::DELETE, "CareTeam/wfd-team", None, None).await.status, 204, "a participant");
+    s.stop().await;
+}
+on_both!(workflow_deletes_follow_update_rules, workflow_deletes);

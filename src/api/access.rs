@@ -228,6 +228,7 @@ pub fn record_for(caller: &Caller, access: &Access, segs: &[String], query: &[(S
         failure: None,
         operation: None,
         bundle: matches!(access, Access::Bundle),
+        relationships: vec![],
     };
     if let Some(op) = segs.iter().find(|s| s.starts_with('$')) {
         rec.operation = Some(op.clone());

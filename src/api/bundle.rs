@@ -9,10 +9,20 @@
 //! by default responses are minimal (status, location, etag). Reads and
 //! returned representations pass the caller's access filter
 //! (`auth::filter`): a withheld read answers 403 in its entry.
+//!
+//! Audit (with authentication configured): the writes are audited by the
+//! pipeline in their own transaction (a transaction: one AuditEvent; a
+//! batch: one per committed entry); every `GET`/`HEAD` entry leaves an
+//! AuditEvent of its own like a direct read (`read`, the data, its patient,
+//! the entry's status; subtype `path` = `Bundle.entry[n]`), and so does
+//! every batch write entry that failed — all written before the answer
+//! leaves.
 
 use super::error::ApiError;
 use super::negotiate::{fhir_response, prefer};
 use super::{AppState, Req};
+use crate::auth::audit::{patients_of, AccessRecord};
+use crate::auth::policy::Interaction;
 use crate::fhir::{datetime, json, IssueType, OperationOutcome};
 use crate::pipeline::{Entry, EntryResult, Method, Pipeline, PipelineError, ReturnPref};
 use axum::http::StatusCode;
@@ -76,22 +86,51 @@ pub async fn post_bundle(app: &AppState, r: &Req) -> Result<Response, ApiError> 
     let (ret, _) = prefer(&r.headers);
     let include_resources = ret == Some(ReturnPref::Representation);
     let reads: Vec<bool> = entries.iter().map(|e| matches!(e.method, Method::Get | Method::Head)).collect();
+    let requests: Vec<(Method, String)> = entries.iter().map(|e| (e.method, e.url.clone())).collect();
+    let mut audits: Vec<AccessRecord> = vec![];
     let mut access = crate::auth::filter::Access::new(&app.services, &r.caller);
     let pipe = Pipeline::new(&app.services).by(&r.caller).audited(r.audit.clone());
     let raw: Vec<Result<EntryResult, crate::pipeline::PipelineError>> =
         if is_tx { pipe.transaction(entries).await?.into_iter().map(Ok).collect() } else { pipe.batch(entries).await };
     let mut results: Vec<Value> = Vec::with_capacity(raw.len());
     for (i, x) in raw.into_iter().enumerate() {
+        let template = r.audit.as_ref().filter(|_| app.audit.is_some());
         results.push(match x {
-            Ok(x) => match visible(&mut access, x, reads[i]).await? {
-                Ok(x) => entry_json(&r.base, x, include_resources),
-                Err(oo) => json!({"response": {"status": status_text(403), "outcome": oo.to_json()}}),
-            },
+            Ok(x) => {
+                let patients = match (&x.body, &x.target, template.is_some() && reads[i]) {
+                    (Some(b), Some((t, id)), true) => serde_json::from_slice::<Value>(b).map(|v| patients_of(t, id, &v)).unwrap_or_default(),
+                    _ => vec![],
+                };
+                match visible(&mut access, x, reads[i]).await? {
+                    Ok(x) => {
+                        if let (Some(t), true) = (template, reads[i]) {
+                            audits.push(entry_record(t, &requests[i], i, x.status, None, patients));
+                        }
+                        entry_json(&r.base, x, include_resources)
+                    }
+                    Err(oo) => {
+                        if let Some(t) = template {
+                            audits.push(entry_record(t, &requests[i], i, 403, Some(oo.first_message().to_owned()), patients));
+                        }
+                        json!({"response": {"status": status_text(403), "outcome": oo.to_json()}})
+                    }
+                }
+            }
             Err(e) => {
                 let (status, oo) = ApiError::Pipeline(e).status_and_outcome();
+                // a failed batch entry wrote nothing, so no audit of its own yet
+                if let Some(t) = template {
+                    audits.push(entry_record(t, &requests[i], i, status.as_u16(), Some(oo.first_message().to_owned()), vec![]));
+                }
                 json!({"response": {"status": status_text(status.as_u16()), "outcome": oo.to_json()}})
             }
         });
+    }
+    if let (Some(sink), false) = (&app.audit, audits.is_empty()) {
+        sink.record_all(audits).await.map_err(|e| {
+            tracing::error!(error = %e, "audit records of bundle entries could not be written; request failed");
+            ApiError::Pipeline(e)
+        })?;
     }
     let out = json!({
         "resourceType": "Bundle",
@@ -102,6 +141,46 @@ pub async fn post_bundle(app: &AppState, r: &Req) -> Result<Response, ApiError> 
     });
     let interaction = if is_tx { "transaction" } else { "batch" };
     super::breakglass::finish(app, r, &access, interaction, fhir_response(StatusCode::OK, serde_json::to_vec(&out).unwrap_or_default(), r.pretty)).await
+}
+
+/// The AuditEvent of one entry, like the record of the same request on
+/// its own: a read of `Type/id` (or a search), or a failed change.
+fn entry_record(template: &AccessRecord, request: &(Method, String), i: usize, status: u16, failure: Option<String>, mut patients: Vec<String>) -> AccessRecord {
+    let (method, url) = request;
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (url.as_str(), None),
+    };
+    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let rtype = segs.first().map(|t| (*t).to_owned());
+    let interaction = match (method, segs.len()) {
+        (Method::Get | Method::Head, 1) => Interaction::Search,
+        (Method::Get | Method::Head, 2) => Interaction::Read,
+        (Method::Get | Method::Head, _) => Interaction::Vread,
+        (Method::Post, _) => Interaction::Create,
+        (Method::Delete, _) => Interaction::Delete,
+        _ => Interaction::Update,
+    };
+    let data: Vec<String> = if segs.len() >= 2 { vec![segs.join("/")] } else { vec![] };
+    if let (Some("Patient"), Some(id)) = (segs.first().copied(), segs.get(1)) {
+        let p = format!("Patient/{id}");
+        if !patients.contains(&p) {
+            patients.insert(0, p);
+        }
+    }
+    AccessRecord {
+        caller: template.caller.clone(),
+        interaction,
+        rtype,
+        data,
+        patients,
+        query: if interaction == Interaction::Search { query } else { None },
+        status,
+        failure: failure.map(|f| f.chars().take(200).collect()),
+        operation: Some(format!("Bundle.entry[{i}]")),
+        bundle: false,
+        relationships: vec![],
+    }
 }
 
 /// An entry's result as the caller may see it (`auth::filter`): a read the

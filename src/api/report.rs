@@ -71,9 +71,6 @@ pub async fn evaluate_measure(app: &AppState, r: &Req, id: Option<&str>) -> Resu
             };
             let row = row.filter(|x| !x.deleted).ok_or_else(|| ApiError::not_found(format!("Measure '{key}' is not known")))?;
             let body = row.body.clone().unwrap_or_default();
-            if !crate::report::access::visible(&r.caller, crate::report::access::RowRef { rtype: "Measure", id: &row.id, patient: None, body: crate::report::access::RowBody::Bytes(&body) }) {
-                return Err(ApiError::not_found(format!("Measure '{key}' is not known")));
-            }
             let json: Value = serde_json::from_slice(&body).map_err(|_| ApiError::from(ReportError::Unprocessable("stored Measure is not JSON".into())))?;
             reports.compile_stored(&row.id, row.version, &json)?
         }
@@ -104,8 +101,11 @@ pub async fn evaluate_measure(app: &AppState, r: &Req, id: Option<&str>) -> Resu
     evaluate::period_bound(&req.period_start, false)?;
     evaluate::period_bound(&req.period_end, true)?;
     let snap = reports.facts.snapshot(app.services.store.as_ref(), None).await?;
-    let (m2, caller, req2, model) = (m.clone(), r.caller.clone(), req.clone(), reports.model.clone());
-    let tally = tokio::task::spawn_blocking(move || evaluate::evaluate(&m2, &snap, &model, &caller, &req2, None))
+    // counts: only an explicit Consent denial of the purpose removes a person;
+    // lists of subjects: the caller's care relationships and Consent, as every read
+    let filter = crate::report::access::RowFilter::for_report(&app.services, &r.caller, rtype != ReportType::Summary).await?;
+    let (m2, req2, model) = (m.clone(), req.clone(), reports.model.clone());
+    let tally = tokio::task::spawn_blocking(move || evaluate::evaluate(&m2, &snap, &model, &filter, &req2, None))
         .await
         .map_err(|_| ApiError::from(ReportError::Unprocessable("measure evaluation failed".into())))??;
     let k = reports.config.min_cell;

@@ -12,7 +12,10 @@
 //! * `agent`: the client (DCM 110153 source role, requestor), its member
 //!   Organization, and the gateway (DCM 110152 destination role);
 //! * `entity`: the patient (object-role 1 "Patient"), the data (object-role 4
-//!   "Domain Resource") or the query (object-role 24 "Query", base64).
+//!   "Domain Resource") or the query (object-role 24 "Query", base64);
+//! * a change that gave the writing member a care relationship (an
+//!   Encounter it provides, a CareTeam naming it, …) carries the subtype
+//!   `urn:carebridge:audit#care-relationship` naming those resources.
 //!
 //! Pure functions: the pipeline writes these records (in the change's own
 //! transaction for writes, before the response for reads).
@@ -49,6 +52,9 @@ pub struct AccessRecord {
     pub operation: Option<String>,
     /// a batch/transaction Bundle (restful interaction `transaction`)
     pub bundle: bool,
+    /// `Type/id (kind)` of the written resources that gave the writing
+    /// member a care relationship it did not have through them before
+    pub relationships: Vec<String>,
 }
 
 fn restful_code(i: Interaction, rtype: Option<&str>, has_id: bool) -> &'static str {
@@ -105,6 +111,9 @@ pub fn audit_event(r: &AccessRecord, recorded: &str) -> Value {
     };
     if let Some(op) = &r.operation {
         subtype.push(json!({"system": AUDIT_SYSTEM, "code": "path", "display": op}));
+    }
+    if !r.relationships.is_empty() {
+        subtype.push(json!({"system": AUDIT_SYSTEM, "code": "care-relationship", "display": r.relationships.join(", ")}));
     }
     let mut agent = vec![json!({
         "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153", "display": "Source Role ID"}]},
@@ -215,6 +224,7 @@ mod tests {
             failure: None,
             operation: None,
             bundle: false,
+            relationships: vec![],
         };
         let ae = audit_event(&r, "2026-01-01T00:00:00Z");
         assert_eq!(ae["type"]["code"], "rest");

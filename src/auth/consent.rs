@@ -186,19 +186,21 @@ impl Provision {
         true
     }
 
-    /// (rule, depth, purpose-specific) of the deepest matching provision.
-    fn decide(&self, depth: usize, a: &AccessFacts<'_>, r: &ResourceFacts<'_>, base: Option<Rule>) -> Option<Decision> {
+    /// (rule, depth, purpose-specific, explicit) of the deepest matching
+    /// provision; `named`: an enclosing provision names a purpose or actor.
+    fn decide(&self, depth: usize, a: &AccessFacts<'_>, r: &ResourceFacts<'_>, base: Option<Rule>, named: bool) -> Option<Decision> {
         if !self.matches(a, r) {
             return None;
         }
+        let named = named || !self.purposes.is_empty() || !self.actors.is_empty();
         let mut best: Option<Decision> = None;
         for c in &self.children {
-            if let Some(d) = c.decide(depth + 1, a, r, None) {
+            if let Some(d) = c.decide(depth + 1, a, r, None, named) {
                 best = Some(combine(best, d));
             }
         }
         best.or_else(|| {
-            self.rule.or(base).map(|rule| Decision { rule, depth, purpose_specific: !self.purposes.is_empty() })
+            self.rule.or(base).map(|rule| Decision { rule, depth, purpose_specific: !self.purposes.is_empty(), explicit: named })
         })
     }
 }
@@ -219,6 +221,10 @@ pub struct Decision {
     pub depth: usize,
     /// the deciding provision names a purpose of use
     pub purpose_specific: bool,
+    /// the deciding provision or one it is nested in names a purpose of use
+    /// or an actor: the patient decided about this use or this reader
+    /// explicitly (what secondary use honours, `auth::bulk`)
+    pub explicit: bool,
 }
 
 fn combine(a: Option<Decision>, b: Decision) -> Decision {
@@ -268,12 +274,12 @@ impl PrivacyConsent {
     }
 
     pub fn decide(&self, a: &AccessFacts<'_>, r: &ResourceFacts<'_>) -> Option<Decision> {
-        self.root.decide(0, a, r, self.base)
+        self.root.decide(0, a, r, self.base, false)
     }
 }
 
 /// The combined decision of several Consents (`None`: none has an opinion).
-pub fn decide(consents: &[PrivacyConsent], a: &AccessFacts<'_>, r: &ResourceFacts<'_>) -> Option<Decision> {
+pub fn decide<'c>(consents: impl IntoIterator<Item = &'c PrivacyConsent>, a: &AccessFacts<'_>, r: &ResourceFacts<'_>) -> Option<Decision> {
     let mut best = None;
     for c in consents {
         if let Some(d) = c.decide(a, r) {
@@ -427,6 +433,25 @@ mod tests {
         assert_eq!(c.decide(&other, &ResourceFacts::of("Observation", "o", &obs)).unwrap().rule, Rule::Deny);
         let later = AccessFacts { now: datetime::parse("2025-02-01").unwrap().lo, ..facts() };
         assert_eq!(c.decide(&later, &ResourceFacts::of("Observation", "o", &obs)).unwrap().rule, Rule::Deny);
+    }
+
+    #[test]
+    fn explicit_denials_name_the_purpose_or_the_actor() {
+        // research opt-out nested under a permit: explicit for HRESCH, nothing for TREAT
+        let c = consent(json!({"type": "permit", "provision": [{"type": "deny", "purpose": [{"code": "HRESCH"}],
+            "provision": [{"type": "deny", "class": [{"code": "Observation"}]}]}]}));
+        let obs = json!({"resourceType": "Observation"});
+        let research = AccessFacts { purpose: Some("HRESCH"), ..facts() };
+        let d = c.decide(&research, &ResourceFacts::of("Observation", "o", &obs)).unwrap();
+        assert_eq!((d.rule, d.depth, d.purpose_specific, d.explicit), (Rule::Deny, 2, false, true), "nested under the purpose");
+        let d = c.decide(&facts(), &ResourceFacts::of("Observation", "o", &obs)).unwrap();
+        assert_eq!((d.rule, d.explicit), (Rule::Permit, false));
+        // a plain base deny is not explicit; a deny naming the reader is
+        let base = consent(json!({"type": "deny"}));
+        assert!(!base.decide(&research, &ResourceFacts::of("Observation", "o", &obs)).unwrap().explicit);
+        let actor = consent(json!({"type": "permit", "provision": [{"type": "deny", "actor": [{"reference": {"reference": "Organization/gp"}}]}]}));
+        let d = actor.decide(&research, &ResourceFacts::of("Observation", "o", &obs)).unwrap();
+        assert_eq!((d.rule, d.explicit), (Rule::Deny, true));
     }
 
     #[test]

@@ -179,29 +179,7 @@ impl<'a> Access<'a> {
 
     /// The Patient ids a resource belongs to (its Patient compartment).
     pub fn patients_of(&self, rtype: &str, id: &str, res: &Value) -> Vec<String> {
-        if rtype == "Patient" {
-            return vec![id.to_owned()];
-        }
-        let reg = &self.services.registry;
-        let mut out: Vec<String> = vec![];
-        let extra = OUTSIDE_COMPARTMENT.iter().filter(|(t, _)| *t == rtype).map(|(t, p)| ((*t).to_owned(), vec![(*p).to_owned()]));
-        let members = reg.patient_compartment.iter().filter(|(t, _)| t == rtype).cloned().chain(extra);
-        for (t, params) in members {
-            for code in &params {
-                let Some(sp) = reg.param(&t, code) else { continue };
-                for b in &sp.branches {
-                    for n in crate::search::extract::eval(b, res) {
-                        let r = n.v.get("reference").and_then(Value::as_str).or_else(|| n.v.as_str());
-                        if let Some((Some(pt), Some(pid))) = r.map(crate::fhir::reference::parse) {
-                            if pt == "Patient" && !out.contains(&pid) {
-                                out.push(pid);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        out
+        compartment_patients(&self.services.registry, rtype, id, res)
     }
 
     /// The facts about the person of Patient `pid` (cached for the request).
@@ -219,10 +197,8 @@ impl<'a> Access<'a> {
     }
 
     async fn owned_by_member(&mut self, person: &PersonFacts, member: &str, rtype: &str, id: &str, res: &Value) -> Result<bool, AccessError> {
-        if let Some(src) = res.pointer("/meta/source").and_then(Value::as_str) {
-            if src == format!("urn:carebridge:member:{member}") || src == format!("Organization/{member}") || src.ends_with(&format!("/Organization/{member}")) {
-                return Ok(true);
-            }
+        if source_names_member(res, member) {
+            return Ok(true);
         }
         let key = person.records.first().cloned().unwrap_or_default();
         let set = match self.owned.get(&key) {
@@ -325,6 +301,46 @@ impl<'a> Access<'a> {
     }
 }
 
+/// Types whose changes the workflow rules decide (owner / requester /
+/// author / participants, `workflow`), not [`may_change`].
+pub const WORKFLOW_TYPES: &[&str] = &["Task", "CarePlan", "CareTeam"];
+
+/// May `caller` update or delete the stored resource `current` (its live
+/// version's bytes)? Restricted callers (clinical members, the insurer) may
+/// change a patient-level resource only when they may read it — a care
+/// relationship with every patient it belongs to and their Consent, or the
+/// member created it (`meta.source`, which the pipeline sets on a member's
+/// creates and keeps on its updates, or a Provenance naming the member) —
+/// and break-glass never extends to changes.
+/// Task, CarePlan and CareTeam follow the workflow rules instead
+/// ([`WORKFLOW_TYPES`]). Operators, integration engines and system sources
+/// (no caller) are not restricted.
+pub async fn may_change(services: &Services, caller: &Caller, rtype: &str, id: &str, current: &Bytes) -> Result<(), AccessError> {
+    if WORKFLOW_TYPES.contains(&rtype) {
+        return Ok(());
+    }
+    let mut access = Access::new(services, caller);
+    if access.is_unrestricted() {
+        return Ok(());
+    }
+    access.break_glass = false;
+    let Ok(v) = serde_json::from_slice::<Value>(current) else { return Ok(()) };
+    match access.decide(rtype, id, &v).await? {
+        Verdict::Permit => Ok(()),
+        Verdict::BreakGlass | Verdict::Deny(Denial::PatientLevel) => {
+            Err(AccessError::Denied(format!("{rtype}/{id} belongs to a patient's record this member may not change")))
+        }
+        Verdict::Deny(Denial::NoRelationship) => Err(AccessError::Denied(format!(
+            "{who} may not change {rtype}/{id}: no care relationship with the patient, and it did not create it",
+            who = caller.member_reference().unwrap_or_else(|| caller.client_id.clone())
+        ))),
+        Verdict::Deny(Denial::Consent) => Err(AccessError::Denied(format!(
+            "{who} may not change {rtype}/{id}: the patient's consent does not permit its access",
+            who = caller.member_reference().unwrap_or_else(|| caller.client_id.clone())
+        ))),
+    }
+}
+
 /// The `meta.security` label of a break-glass release.
 pub fn break_glass_label() -> Value {
     serde_json::json!({"system": ACT_REASON, "code": "BTG", "display": "break the glass"})
@@ -344,6 +360,45 @@ fn label_break_glass(mut v: Value) -> Bytes {
     }
     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
 }
+
+/// The Patient ids a resource belongs to: its Patient compartment (R4
+/// `compartmentdefinition-patient.html`) plus the patient references of the
+/// types in [`OUTSIDE_COMPARTMENT`]; a Patient belongs to itself.
+pub fn compartment_patients(reg: &crate::search::Registry, rtype: &str, id: &str, res: &Value) -> Vec<String> {
+    if rtype == "Patient" {
+        return vec![id.to_owned()];
+    }
+    let mut out: Vec<String> = vec![];
+    let extra = OUTSIDE_COMPARTMENT.iter().filter(|(t, _)| *t == rtype).map(|(t, p)| ((*t).to_owned(), vec![(*p).to_owned()]));
+    let members = reg.patient_compartment.iter().filter(|(t, _)| t == rtype).cloned().chain(extra);
+    for (t, params) in members {
+        for code in &params {
+            let Some(sp) = reg.param(&t, code) else { continue };
+            for b in &sp.branches {
+                for n in crate::search::extract::eval(b, res) {
+                    let r = n.v.get("reference").and_then(Value::as_str).or_else(|| n.v.as_str());
+                    if let Some((Some(pt), Some(pid))) = r.map(crate::fhir::reference::parse) {
+                        if pt == "Patient" && !out.contains(&pid) {
+                            out.push(pid);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Does the resource's `meta.source` name the member
+/// (`urn:carebridge:member:{member}`, or a reference ending in
+/// `Organization/{member}`)? What the gateway sets on a member's creates.
+pub fn source_names_member(res: &Value, member: &str) -> bool {
+    let Some(src) = res.pointer("/meta/source").and_then(Value::as_str) else { return false };
+    src.strip_prefix(MEMBER_SOURCE).is_some_and(|m| m == member) || src == format!("Organization/{member}") || src.ends_with(&format!("/Organization/{member}"))
+}
+
+/// The `meta.source` prefix of what a member wrote (`urn:carebridge:member:{member}`).
+pub const MEMBER_SOURCE: &str = "urn:carebridge:member:";
 
 /// The one filter for code that reads rows outside an HTTP request's
 /// handler (bulk export, reports, subscription notifications): the rows

@@ -12,12 +12,17 @@
 //! | `token.rs` | SMART Backend Services: client assertions, access tokens, bearer checks |
 //! | `scope.rs` | SMART v2 `system/` scopes |
 //! | `policy.rs` | the role policy (member type × interaction × resource category) and [`policy::decide`] |
+//! | `filter.rs` | the read filter of every request: care relationship, Consent, break-glass |
+//! | `relationship.rs` | care relationships (Encounter, EpisodeOfCare, CareTeam, referral, treatment Consent) |
+//! | `consent.rs` | privacy Consent evaluation (pure) |
+//! | `bulk.rs` | the same decisions for exports and reports, facts loaded once per job |
 //! | `audit.rs` | IHE BALP AuditEvent records of every access |
 //! | `ratelimit.rs` | per-client token buckets |
 //!
 //! Invariant: other modules decide on a [`Caller`]'s `member_type` and
 //! `member`, never on how the caller authenticated.
 
+pub mod bulk;
 pub mod consent;
 pub mod filter;
 pub mod relationship;

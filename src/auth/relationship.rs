@@ -49,7 +49,7 @@ pub struct Relationship {
 }
 
 /// Types whose resources can make a relationship or carry privacy Consent.
-const FACT_TYPES: &[&str] = &["Encounter", "EpisodeOfCare", "CareTeam", "ServiceRequest", "Task", "Consent"];
+pub(super) const FACT_TYPES: &[&str] = &["Encounter", "EpisodeOfCare", "CareTeam", "ServiceRequest", "Task", "Consent"];
 
 /// What a request needs to know about one person for one member.
 #[derive(Debug, Clone, Default)]
@@ -143,11 +143,11 @@ fn facts_sql(services: &Services, records: &[String], member: Option<&str>) -> S
     sql
 }
 
-fn status(v: &Value) -> &str {
+pub(super) fn status(v: &Value) -> &str {
     v.get("status").and_then(Value::as_str).unwrap_or("")
 }
 
-fn refs_at<'a>(v: &'a Value, ptrs: &[&str]) -> Vec<&'a str> {
+pub(super) fn refs_at<'a>(v: &'a Value, ptrs: &[&str]) -> Vec<&'a str> {
     let mut out = vec![];
     for p in ptrs {
         // `/a/*/b`: every element of array a
@@ -174,16 +174,17 @@ fn is_org(r: &str, member: &str) -> bool {
     matches!(reference::parse(r), (Some(t), Some(i)) if t == "Organization" && i == member)
 }
 
-fn period_covers(v: Option<&Value>, now: i64) -> bool {
+pub(super) fn period_covers(v: Option<&Value>, now: i64) -> bool {
     let Some(p) = v else { return true };
     let lo = p.get("start").and_then(Value::as_str).and_then(datetime::parse).map(|d| d.lo).unwrap_or(i64::MIN);
     let hi = p.get("end").and_then(Value::as_str).and_then(datetime::parse).map(|d| d.hi).unwrap_or(i64::MAX);
     lo <= now && now <= hi
 }
 
-/// The relationship a candidate resource makes with `member`, if any
-/// (CareTeam practitioners are checked separately).
-fn direct(rtype: &str, v: &Value, member: &str, now: i64) -> Option<&'static str> {
+/// The relationship a resource makes with `member`, if any (CareTeam
+/// practitioners are checked separately); `encounter`, `episode-of-care`,
+/// `referral`, `task`, `care-team` or `treatment`.
+pub fn direct(rtype: &str, v: &Value, member: &str, now: i64) -> Option<&'static str> {
     let any = |ptrs: &[&str]| refs_at(v, ptrs).into_iter().any(|r| is_org(r, member));
     match rtype {
         "Encounter" if matches!(status(v), "planned" | "arrived" | "triaged" | "in-progress" | "onleave") && any(&["/serviceProvider/reference"]) => {
@@ -216,7 +217,7 @@ fn direct(rtype: &str, v: &Value, member: &str, now: i64) -> Option<&'static str
 }
 
 /// `Practitioner/…` and `PractitionerRole/…` references of the member's active PractitionerRoles.
-async fn member_practitioners(services: &Services, member: &str) -> Result<HashSet<String>, StoreError> {
+pub(super) async fn member_practitioners(services: &Services, member: &str) -> Result<HashSet<String>, StoreError> {
     let mut sql = Sql::new(format!(
         "SELECT {RESOURCE_COLUMNS} FROM resources r WHERE r.deleted = 0 AND r.rtype = 'PractitionerRole' AND r.rkey IN \
          (SELECT rkey FROM idx_reference WHERE rtype = 'PractitionerRole' AND param = 'organization' AND target_type = 'Organization' AND target_id = "

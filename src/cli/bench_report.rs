@@ -200,13 +200,14 @@ pub async fn report(patients: usize, db: Option<String>, config: ReportConfig) -
     let snap = reports.facts.snapshot(services.store.as_ref(), None).await.map_err(|e| e.to_string())?;
     println!("facts: refresh without changes {:.3} s", t1.elapsed().as_secs_f64());
     let caller = crate::auth::Caller::dev_operator();
+    let filter = crate::report::access::RowFilter::for_report(&services, &caller, false).await.map_err(|e| e.to_string())?;
     let req = EvalRequest { period_start: "2024-01-01".into(), period_end: "2024-12-31".into(), subject: None, want_subjects: false, stratify: None };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("measure timings ({threads} threads, all stratifiers, period 2024):");
     for m in reports.builtin_measures() {
         let t = Instant::now();
         let c0 = cpu_secs().unwrap_or(0.0);
-        let tally = evaluate::evaluate(&m, &snap, &reports.model, &caller, &req, None).map_err(|e| format!("{}: {e}", m.id))?;
+        let tally = evaluate::evaluate(&m, &snap, &reports.model, &filter, &req, None).map_err(|e| format!("{}: {e}", m.id))?;
         let masks = crate::report::output::masks(&m, &tally, reports.config.min_cell);
         let secs = t.elapsed().as_secs_f64();
         let cpu = cpu_secs().unwrap_or(0.0) - c0;

@@ -57,9 +57,10 @@ pub async fn run(opts: &ServerOptions, config: ReportConfig, a: Args) -> Result<
         stratify: (!a.stratify.is_empty()).then_some(a.stratify),
     };
     let caller = crate::auth::Caller::dev_operator();
+    let filter = crate::report::access::RowFilter::for_report(&services, &caller, rtype != ReportType::Summary).await.map_err(|e| e.to_string())?;
     let b3 = bar.clone();
     let tick2 = move |n: u64| b3.set_position(n);
-    let tally = evaluate::evaluate(&m, &snap, &reports.model, &caller, &req, Some(&tick2)).map_err(|e| e.to_string())?;
+    let tally = evaluate::evaluate(&m, &snap, &reports.model, &filter, &req, Some(&tick2)).map_err(|e| e.to_string())?;
     bar.finish_and_clear();
     let k = reports.config.min_cell;
     let masks = (rtype == ReportType::Summary).then(|| output::masks(&m, &tally, k));

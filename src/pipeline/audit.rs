@@ -94,6 +94,26 @@ impl AuditSink {
         AuditSink { tx }
     }
 
+    /// Write several records durably (queued together, so they share a
+    /// group commit); `Ok` once all are committed.
+    pub async fn record_all(&self, recs: Vec<AccessRecord>) -> Result<(), PipelineError> {
+        let gone = || PipelineError::Store(StoreError::Backend("audit writer stopped".into()));
+        let mut waits = Vec::with_capacity(recs.len());
+        for rec in recs {
+            let (reply, wait) = oneshot::channel();
+            self.tx.send((rec, reply)).await.map_err(|_| gone())?;
+            waits.push(wait);
+        }
+        for wait in waits {
+            match wait.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(PipelineError::Store(StoreError::Backend(format!("audit record not written: {e}")))),
+                Err(_) => return Err(gone()),
+            }
+        }
+        Ok(())
+    }
+
     /// Write `rec` durably; `Ok` once committed.
     pub async fn record(&self, rec: AccessRecord) -> Result<(), PipelineError> {
         let (reply, wait) = oneshot::channel();

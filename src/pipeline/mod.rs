@@ -6,7 +6,11 @@
 //! resolve (ids for creates, `urn:uuid:`/`urn:oid:` fullUrls, conditional
 //! create/update/delete, conditional references) → check (shape, types, ids,
 //! `If-Match`) → link identities (Patient changes feed the MPI, `identity`)
-//! → workflow rules (Task state machine and who may move it; who may edit a CarePlan or CareTeam, `workflow`)
+//! → workflow rules (Task state machine and who may move or delete it; who may edit or delete a CarePlan or CareTeam, `workflow`)
+//! → the member's right to change what exists (`auth::filter::may_change`:
+//! an update or delete of a stored patient-level resource needs what a read
+//! of it needs, without break-glass; what a member creates carries its
+//! `meta.source`)
 //! → store (one database transaction: versions, history, index, MPI links,
 //! subscription outbox rows, `subscription::outbox`) → after commit: wake
 //! the subscription delivery worker.
@@ -143,6 +147,46 @@ impl From<crate::workflow::WorkflowError> for PipelineError {
             E::Forbidden(m) => PipelineError::Forbidden(OperationOutcome::error(IssueType::Forbidden, m)),
             E::NotFound(m) => PipelineError::NotFound(OperationOutcome::error(IssueType::NotFound, m)),
         }
+    }
+}
+
+/// `meta.source` of a restricted member's write, whatever the client sent:
+/// `urn:carebridge:member:{member}` when it creates the resource, the
+/// stored version's (or none) when it updates it — so `meta.source` names
+/// the member that created the resource, what the own-records rule of
+/// reads and changes (`auth::filter`) relies on.
+fn stamp_creator(p: &mut Planned, member: &str) {
+    let Some(obj) = p.resource.as_mut().and_then(Value::as_object_mut) else { return };
+    let source = match p.current.as_ref().filter(|c| !c.deleted) {
+        None => Some(Value::String(format!("{}{member}", crate::auth::filter::MEMBER_SOURCE))),
+        Some(cur) => cur
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+            .and_then(|v| v.pointer("/meta/source").cloned()),
+    };
+    match source {
+        Some(src) => {
+            let meta = obj.entry("meta").or_insert_with(|| Value::Object(Default::default()));
+            if let Some(m) = meta.as_object_mut() {
+                m.insert("source".into(), src);
+            }
+        }
+        None => {
+            if let Some(Value::Object(m)) = obj.get_mut("meta") {
+                m.remove("source");
+                if m.is_empty() {
+                    obj.remove("meta");
+                }
+            }
+        }
+    }
+}
+
+fn access_error(e: crate::auth::filter::AccessError) -> PipelineError {
+    match e {
+        crate::auth::filter::AccessError::Denied(m) => PipelineError::Forbidden(OperationOutcome::error(IssueType::Forbidden, m)),
+        crate::auth::filter::AccessError::Store(s) => PipelineError::Store(s),
     }
 }
 
@@ -381,6 +425,17 @@ impl<'a> Pipeline<'a> {
         self
     }
 
+    /// The care relationship a restricted member's write gives the member
+    /// itself (an Encounter it provides, a CareTeam naming it, a Task it
+    /// owns, …) that the version before did not: recorded in the change's
+    /// AuditEvent.
+    fn establishes_relationship(&self, rtype: &str, new: &Value, prev: Option<&Bytes>, now: i64) -> Option<&'static str> {
+        let member = crate::workflow::careplan::restricted_member(self.caller.as_ref())?;
+        let kind = crate::auth::relationship::direct(rtype, new, member, now)?;
+        let before = prev.and_then(|b| serde_json::from_slice::<Value>(b).ok()).and_then(|v| crate::auth::relationship::direct(rtype, &v, member, now));
+        before.is_none().then_some(kind)
+    }
+
     /// Locate an error at entry `i` when processing a Bundle.
     fn at(&self, e: PipelineError, i: usize) -> PipelineError {
         if self.in_bundle {
@@ -488,12 +543,34 @@ impl<'a> Pipeline<'a> {
             }
         }
 
+        // what a restricted member creates is recorded as its own
+        // (meta.source); its updates keep the creator's
+        if let Some(member) = crate::workflow::careplan::restricted_member(self.caller.as_ref()) {
+            for p in planned.iter_mut().filter(|p| !p.matched) {
+                stamp_creator(p, member);
+            }
+        }
         // workflow rules on the resolved changes (Task state machine and who
-        // may move it; who may update a CarePlan or CareTeam)
+        // may move or delete it; who may update or delete a CarePlan or
+        // CareTeam), then the member's right to change what exists
+        let mut established: Vec<String> = vec![];
         for p in planned.iter().filter(|p| !p.matched) {
-            if let (Some(new), Some(id)) = (p.resource.as_ref(), p.id.as_ref()) {
-                let prev = p.current.as_ref().filter(|c| !c.deleted).and_then(|c| c.body.as_ref());
-                crate::workflow::check_change(tx.as_mut(), &p.rtype, id, prev, new, self.caller.as_ref()).await.map_err(|e| self.at(e.into(), p.index))?;
+            let Some(id) = p.id.as_ref() else { continue };
+            let prev = p.current.as_ref().filter(|c| !c.deleted).and_then(|c| c.body.as_ref());
+            match (p.resource.as_ref(), prev) {
+                (Some(new), _) => {
+                    crate::workflow::check_change(tx.as_mut(), &p.rtype, id, prev, new, self.caller.as_ref()).await.map_err(|e| self.at(e.into(), p.index))?;
+                    if let Some(kind) = self.establishes_relationship(&p.rtype, new, prev, now) {
+                        established.push(format!("{}/{id} ({kind})", p.rtype));
+                    }
+                }
+                (None, Some(prev)) if p.method == Method::Delete => {
+                    crate::workflow::check_delete(tx.as_mut(), &p.rtype, id, prev, self.caller.as_ref()).await.map_err(|e| self.at(e.into(), p.index))?;
+                }
+                _ => {}
+            }
+            if let (Some(caller), Some(prev)) = (self.caller.as_ref(), prev) {
+                crate::auth::filter::may_change(self.services, caller, &p.rtype, id, prev).await.map_err(|e| self.at(access_error(e), p.index))?;
             }
         }
         // the versions before the change, for the subscription topics' %previous
@@ -533,7 +610,9 @@ impl<'a> Pipeline<'a> {
             .collect();
         if let Some(rec) = &self.audit {
             let status = results.iter().flatten().map(|r| r.status).max().unwrap_or(200);
-            let w = audit::change_record(self.services, rec, &writes, status, now)?;
+            let mut rec = rec.clone();
+            rec.relationships = established;
+            let w = audit::change_record(self.services, &rec, &writes, status, now)?;
             writes.push(w);
         }
         if !writes.is_empty() {

@@ -6,14 +6,17 @@
 //!
 //! Rows are read through the one read path (`read::search` with keyset
 //! pages of `[report] export_page` resources, or `read::patient_compartment`
-//! per 200 Group members), pass [`super::access::visible`], and are written
-//! line by line: memory holds one page, whatever the export's size. Insurer
-//! exports are de-identified ([`super::deid`]).
+//! per 200 Group members), pass the job's [`super::access::RowFilter`] (the
+//! caller's care relationships and the patients' Consents, loaded once when
+//! the job starts), and are written line by line: memory holds one page,
+//! whatever the export's size. Insurer exports are de-identified
+//! ([`super::deid`]) and leave out the persons whose Consent explicitly
+//! denies secondary use; the manifest's `count` is what was written.
 //!
 //! Invariant: a job's files are only ever served to the `client_id` that
 //! started it, and are removed on cancel (`DELETE`) and after expiry.
 
-use super::access::{self, RowRef};
+use super::access::{RowBody, RowFilter, RowRef};
 use super::{deid, ReportError, Reports};
 use crate::auth::Caller;
 use crate::fhir::datetime::{format_instant, now_micros};
@@ -284,13 +287,6 @@ fn line_of(reports: &Reports, caller_deid: bool, row: &ResourceRow) -> Option<Ve
     }
 }
 
-fn patient_of(row: &ResourceRow) -> Option<String> {
-    if row.rtype == "Patient" {
-        return Some(row.id.clone());
-    }
-    None
-}
-
 async fn run(services: &Services, reports: &Arc<Reports>, id: &str, cancel: &AtomicBool) -> Result<(), ReportError> {
     let job = load_job(services, id).await?.ok_or_else(|| ReportError::NotFound(id.to_owned()))?;
     let caller = Caller {
@@ -305,6 +301,7 @@ async fn run(services: &Services, reports: &Arc<Reports>, id: &str, cancel: &Ato
     std::fs::create_dir_all(&dir).map_err(|e| ReportError::Io(format!("{}: {e}", dir.display())))?;
     let mut w = Writer { dir, files: HashMap::new() };
     let p = &job.params;
+    let filter = RowFilter::for_export(services, &caller, p.deidentify).await?;
     let upto = format_instant(job.transaction_time);
     let page = reports.config.export_page.max(1);
     let ntypes = p.types.len().max(1);
@@ -334,7 +331,7 @@ async fn run(services: &Services, reports: &Arc<Reports>, id: &str, cancel: &Ato
                             continue;
                         }
                     }
-                    emit(reports, &caller, p.deidentify, &r, &mut w)?;
+                    emit(reports, &filter, p.deidentify, &r, &mut w)?;
                 }
             }
             continue;
@@ -359,7 +356,7 @@ async fn run(services: &Services, reports: &Arc<Reports>, id: &str, cancel: &Ato
                     if multi && !seen.insert(r.rkey) {
                         continue;
                     }
-                    emit(reports, &caller, p.deidentify, r, &mut w)?;
+                    emit(reports, &filter, p.deidentify, r, &mut w)?;
                 }
                 match out.next {
                     Some(n) => after = Some(n),
@@ -383,10 +380,9 @@ async fn run(services: &Services, reports: &Arc<Reports>, id: &str, cancel: &Ato
     Ok(())
 }
 
-fn emit(reports: &Reports, caller: &Caller, deidentify: bool, r: &ResourceRow, w: &mut Writer) -> Result<(), ReportError> {
+fn emit(reports: &Reports, filter: &RowFilter, deidentify: bool, r: &ResourceRow, w: &mut Writer) -> Result<(), ReportError> {
     let Some(body) = &r.body else { return Ok(()) };
-    let patient = patient_of(r);
-    if !access::visible(caller, RowRef { rtype: &r.rtype, id: &r.id, patient: patient.as_deref(), body: access::RowBody::Bytes(body) }) {
+    if !filter.visible(RowRef { rtype: &r.rtype, id: &r.id, patient: None, body: RowBody::Bytes(body) }) {
         return Ok(());
     }
     if let Some(line) = line_of(reports, deidentify, r) {

@@ -13,7 +13,7 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `access.rs` | the one row filter every report and export row passes (consent plugs in here) |
+//! | `access.rs` | the one row filter every report and export row passes (care relationship and Consent, `auth::bulk`) |
 //! | `measure.rs` | Measure JSON → compiled measure (FHIRPath compiled once per version) |
 //! | `facts.rs` | the report facts: a compact, incrementally refreshed projection of Patient/Encounter/Condition/Organization grouped per person (MPI) |
 //! | `evaluate.rs` | population membership, stratifiers, observations per basis item |
@@ -23,7 +23,7 @@
 //! | `deid.rs` | the de-identification policy for insurer exports |
 //!
 //! Invariant: every stored row a report or an export reads passes
-//! [`access::visible`] before it counts or leaves the process.
+//! an [`access::RowFilter`] before it counts or leaves the process.
 //! Invariant: a report for the insurer role is `summary` only, carries no
 //! patient or encounter reference, and every count passed suppression.
 

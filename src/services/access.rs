@@ -9,6 +9,7 @@
 //! default_policy = "opt-in"        # or "opt-out"
 //! care_relationship = true         # clinical members need a care relationship
 //! break_glass = ["ETREAT", "BTG"]  # purpose-of-use codes that break the glass
+//! secondary_use_purposes = ["HRESCH", "HPAYMT"]  # what de-identified exports and aggregates serve
 //! ```
 
 use serde::Deserialize;
@@ -33,10 +34,14 @@ pub struct AccessConfig {
     pub care_relationship: bool,
     /// `X-Purpose-Of-Use` / token purpose codes that break the glass.
     pub break_glass: Vec<String>,
+    /// Purposes of use that de-identified exports and aggregate measure
+    /// counts serve: a Consent that explicitly denies one of them (or the
+    /// reader) keeps the person out (`auth::bulk`).
+    pub secondary_use_purposes: Vec<String>,
 }
 
 impl Default for AccessConfig {
     fn default() -> Self {
-        AccessConfig { default_policy: DefaultPolicy::OptIn, care_relationship: true, break_glass: vec!["ETREAT".into(), "BTG".into()] }
+        AccessConfig { default_policy: DefaultPolicy::OptIn, care_relationship: true, break_glass: vec!["ETREAT".into(), "BTG".into()], secondary_use_purposes: vec!["HRESCH".into(), "HPAYMT".into()] }
     }
 }

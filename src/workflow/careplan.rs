@@ -18,6 +18,9 @@
 //!   the `managingOrganization` (so nobody joins a team it is not part of,
 //!   which would also make it a participant of the team's care plans and
 //!   give it a care relationship).
+//! * **Deletes** follow the same rules: a CarePlan only by its author (a
+//!   delete drops `author` and `careTeam`), a CareTeam by its participants
+//!   or managing organization.
 //!
 //! Creating a new CarePlan or CareTeam is not restricted here (the role
 //! policy decides). Operators, integration engines and system sources (HL7
@@ -102,7 +105,17 @@ pub fn check_care_plan(previous: Option<&Value>, new: &Value, caller: Option<&Ca
     Ok(())
 }
 
-/// Check an update of a CareTeam (`previous` = the stored version).
+/// Check a DELETE of a stored CarePlan: only its author may (a delete
+/// drops `author` and `careTeam`, which participants may not change).
+pub fn check_care_plan_delete(previous: Option<&Value>, caller: Option<&Caller>) -> Result<(), WorkflowError> {
+    let (Some(prev), Some(member)) = (previous, restricted_member(caller)) else { return Ok(()) };
+    if refs(prev, "author", None).into_iter().any(|r| names_member(Some(r), member)) {
+        return Ok(());
+    }
+    Err(WorkflowError::Forbidden(format!("Organization/{member} may not delete this CarePlan: only its author may")))
+}
+
+/// Check an update or a delete of a CareTeam (`previous` = the stored version).
 pub fn check_care_team(previous: Option<&Value>, caller: Option<&Caller>) -> Result<(), WorkflowError> {
     let (Some(prev), Some(member)) = (previous, restricted_member(caller)) else { return Ok(()) };
     let manages = refs(prev, "managingOrganization", None).into_iter().any(|r| names_member(Some(r), member));
@@ -149,6 +162,10 @@ mod tests {
         assert!(check_care_plan(Some(&plan), &taken, Some(&member("ops", MemberType::Operator)), &[]).is_ok());
         assert!(check_care_plan(Some(&plan), &taken, None, &[]).is_ok());
         assert!(check_care_plan(None, &plan, Some(&member("other", MemberType::Hospital)), &[]).is_ok());
+        // deletes: the author only
+        assert!(check_care_plan_delete(Some(&plan), Some(&member("hosp", MemberType::Hospital))).is_ok());
+        assert!(matches!(check_care_plan_delete(Some(&plan), Some(&member("gp", MemberType::GpPractice))), Err(WorkflowError::Forbidden(_))));
+        assert!(check_care_plan_delete(Some(&plan), Some(&member("ops", MemberType::Operator))).is_ok());
     }
 
     #[test]

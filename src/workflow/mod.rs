@@ -5,12 +5,12 @@
 //!
 //! | file | what |
 //! | --- | --- |
-//! | `task.rs` | Task transitions and who (owner / requester) may make them |
-//! | `careplan.rs` | who may update a CarePlan (author, care-team participants) and a CareTeam (participants, managing organization) |
+//! | `task.rs` | Task transitions and who (owner / requester) may make them or delete the Task |
+//! | `careplan.rs` | who may update a CarePlan (author, care-team participants) and a CareTeam (participants, managing organization), and who may delete them |
 //! | `apply.rs` | PlanDefinition + ActivityDefinitions → CarePlan, Tasks, ServiceRequests (a transaction Bundle) |
 //!
 //! Invariant: workflow rules are checked inside the one write pipeline
-//! ([`check_change`]), so a REST update, a transaction entry, an HL7 v2 or
+//! ([`check_change`], [`check_delete`]), so a REST update, a transaction entry, an HL7 v2 or
 //! import write all obey the same state machine.
 //! Invariant: nothing here writes: `$apply` produces a Bundle the pipeline
 //! writes as one transaction.
@@ -39,6 +39,25 @@ pub enum WorkflowError {
     NotFound(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+}
+
+/// Workflow rules for a DELETE of a stored Task, CarePlan or CareTeam
+/// (`previous` = the live version): a delete is decided like the update
+/// that would change the most — a Task by its owner or requester (as an
+/// update that keeps the status), a CarePlan by its author only (a delete
+/// removes `author` and `careTeam`, which only the author may change), a
+/// CareTeam by its participants or managing organization.
+pub async fn check_delete(tx: &mut dyn StoreTx, rtype: &str, id: &str, previous: &Bytes, caller: Option<&Caller>) -> Result<(), WorkflowError> {
+    let _ = (tx, id);
+    if !matches!(rtype, "Task" | "CarePlan" | "CareTeam") {
+        return Ok(());
+    }
+    let prev: Option<Value> = serde_json::from_slice(previous).ok();
+    match rtype {
+        "Task" => task::check_delete(prev.as_ref(), caller),
+        "CareTeam" => careplan::check_care_team(prev.as_ref(), caller),
+        _ => careplan::check_care_plan_delete(prev.as_ref(), caller),
+    }
 }
 
 /// Workflow rules for one resolved change (`previous` = the stored live

@@ -10,7 +10,8 @@
 //! takes every step of the work (received, accepted, rejected, ready,
 //! in-progress, on-hold, completed, failed); the requester
 //! (`Task.requester`) sends a draft (requested) and cancels; either may mark
-//! entered-in-error and update the Task without changing its status.
+//! entered-in-error, update the Task without changing its status, or
+//! delete it ([`check_delete`]).
 //! System sources (HL7 v2, import, load: no caller), the development
 //! operator and integration engines are not role-checked; the transitions
 //! themselves are checked for everyone.
@@ -125,6 +126,21 @@ pub fn check(previous: Option<&Value>, new: &Value, caller: Option<&Caller>) -> 
     )))
 }
 
+/// Check a DELETE of a stored Task: like an update that keeps the status,
+/// only its owner or its requester may (unrestricted callers and system
+/// sources always).
+pub fn check_delete(previous: Option<&Value>, caller: Option<&Caller>) -> Result<(), WorkflowError> {
+    let (Some(prev), Some(caller)) = (previous, caller) else { return Ok(()) };
+    let Some(member) = caller.member.as_deref() else { return Ok(()) };
+    if matches!(caller.member_type, MemberType::Operator | MemberType::IntegrationEngine) {
+        return Ok(());
+    }
+    if names_member(reference_of(prev, "owner"), member) || names_member(reference_of(prev, "requester"), member) {
+        return Ok(());
+    }
+    Err(WorkflowError::Forbidden(format!("Organization/{member} may not delete this Task: only its owner or requester may")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +170,10 @@ mod tests {
         assert!(matches!(check(Some(&t), &can, Some(&member("lead"))), Err(WorkflowError::Forbidden(_))));
         assert!(matches!(check(Some(&t), &acc, Some(&member("other"))), Err(WorkflowError::Forbidden(_))));
         assert!(check(Some(&t), &acc, None).is_ok());
+        // deletes: owner or requester
+        assert!(check_delete(Some(&t), Some(&member("lead"))).is_ok());
+        assert!(check_delete(Some(&t), Some(&member("county"))).is_ok());
+        assert!(matches!(check_delete(Some(&t), Some(&member("other"))), Err(WorkflowError::Forbidden(_))));
+        assert!(check_delete(Some(&t), None).is_ok());
     }
 }

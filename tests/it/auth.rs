@@ -261,6 +261,113 @@ async fn audit_n_accesses_n_events() {
 }
 
 /// A representative type per resource category.
+/// Reads inside a batch or transaction Bundle are audited like direct
+/// reads: N `GET` entries → N AuditEvents (data, patient, status), and a
+/// failed batch write entry is audited too.
+#[tokio::test]
+async fn audit_bundle_reads_one_event_each() {
+    for b in backends() {
+        let s = start(b, "").await;
+        let op = token_for(&s, "c-operator").await;
+        let hosp = token_for(&s, "c-hospital").await;
+        let post = |body: Value| {
+            let (url, tok) = (s.url(""), hosp.clone());
+            async move { send(client().post(url).bearer_auth(tok).header("content-type", "application/fhir+json").body(body.to_string())).await }
+        };
+        let obs = |id: &str| json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/pb1"}});
+        let setup = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Patient", "id": "pb1"}, "request": {"method": "PUT", "url": "Patient/pb1"}},
+            {"resource": obs("bo1"), "request": {"method": "PUT", "url": "Observation/bo1"}},
+            {"resource": obs("bo2"), "request": {"method": "PUT", "url": "Observation/bo2"}}]});
+        assert_eq!(post(setup).await.status, 200);
+        let base = rest_audit_count(&s, &op).await;
+        // a batch of five reads (one of them of a missing resource): five records
+        let get = |url: &str| json!({"request": {"method": "GET", "url": url}});
+        let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [get("Observation/bo1"), get("Observation/bo2"), get("Patient/pb1"), get("Observation/bo1"), get("Observation/nope")]});
+        let r = post(batch).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let statuses: Vec<String> = r.json()["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()[..3].to_owned()).collect();
+        assert_eq!(statuses, vec!["200", "200", "200", "200", "404"]);
+        let after = rest_audit_count(&s, &op).await;
+        assert_eq!(after - base - 1, 5, "one AuditEvent per batch read");
+        let r = get_with(&s, &op, "AuditEvent?entity=Observation/bo2&subtype=read").await;
+        let entries = r.json()["entry"].as_array().cloned().unwrap_or_default();
+        assert_eq!(entries.len(), 1, "{}", r.text);
+        let ae = &entries[0]["resource"];
+        assert_eq!(ae["action"], "R");
+        assert_eq!(ae["outcome"], "0");
+        assert_eq!(ae["agent"][0]["who"]["identifier"]["value"], "c-hospital");
+        assert!(ae["entity"].as_array().unwrap().iter().any(|e| e["what"]["reference"] == "Patient/pb1" && e["role"]["code"] == "1"), "{ae}");
+        assert!(ae["subtype"].as_array().unwrap().iter().any(|c| c["display"] == "Bundle.entry[1]"), "{ae}");
+        let r = get_with(&s, &op, "AuditEvent?entity=Observation/nope").await;
+        assert_eq!(r.json()["entry"][0]["resource"]["outcome"], "4", "the failed read is recorded as a failure");
+        // a transaction with one write and two reads: the change's record plus one per read
+        let base = rest_audit_count(&s, &op).await;
+        let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": obs("bo3"), "request": {"method": "PUT", "url": "Observation/bo3"}}, get("Observation/bo1"), get("Observation/bo3")]});
+        assert_eq!(post(tx).await.status, 200);
+        assert_eq!(rest_audit_count(&s, &op).await - base - 1, 3);
+        // a batch write entry that fails is recorded (nothing was written)
+        let base = rest_audit_count(&s, &op).await;
+        let bad = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"resource": obs("bo4"), "request": {"method": "PUT", "url": "Observation/other-id"}}, get("Observation/bo2")]});
+        let r = post(bad).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(rest_audit_count(&s, &op).await - base - 1, 2);
+        let r = get_with(&s, &op, "AuditEvent?entity=Observation/other-id").await;
+        assert_eq!(r.json()["entry"][0]["resource"]["outcome"], "4", "{}", r.text);
+        s.stop().await;
+    }
+}
+
+/// A write that gives the writing member a care relationship (an
+/// Encounter it provides, …) is audited as such; the role policy decides
+/// which member types may write those resources at all.
+#[tokio::test]
+async fn self_granted_relationship_audited() {
+    for b in backends() {
+        let s = start(b, "").await;
+        let op = token_for(&s, "c-operator").await;
+        let put = |tok: String, path: &'static str, body: Value| {
+            let url = s.url(path);
+            async move { send(client().put(url).bearer_auth(tok).header("content-type", "application/fhir+json").body(body.to_string())).await }
+        };
+        let hosp = token_for(&s, "c-hospital").await;
+        let enc = |provider: &str| {
+            json!({"resourceType": "Encounter", "status": "in-progress", "subject": {"reference": "Patient/pr1"},
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                "serviceProvider": {"reference": format!("Organization/{provider}")}})
+        };
+        assert_eq!(put(hosp.clone(), "Patient/pr1", json!({"resourceType": "Patient", "id": "pr1"})).await.status, 201);
+        let mut e1 = enc("org-hospital");
+        e1["id"] = json!("er1");
+        assert_eq!(put(hosp.clone(), "Encounter/er1", e1.clone()).await.status, 201);
+        let marked = |s: &TestServer, op: String| {
+            let url = s.url("AuditEvent?subtype=care-relationship");
+            async move { send(client().get(url).bearer_auth(op)).await.json()["entry"].as_array().cloned().unwrap_or_default() }
+        };
+        let found = marked(&s, op.clone()).await;
+        assert_eq!(found.len(), 1, "{found:?}");
+        let ae = &found[0]["resource"];
+        assert!(ae["subtype"].as_array().unwrap().iter().any(|c| c["code"] == "care-relationship" && c["display"] == "Encounter/er1 (encounter)"), "{ae}");
+        assert!(ae["entity"].as_array().unwrap().iter().any(|e| e["what"]["reference"] == "Patient/pr1"), "{ae}");
+        // updating it is no new relationship; another provider's Encounter is none of the writer's
+        e1["priority"] = json!({"text": "routine"});
+        assert_eq!(put(hosp.clone(), "Encounter/er1", e1).await.status, 200);
+        let mut e2 = enc("org-gp-practice");
+        e2["id"] = json!("er2");
+        assert_eq!(put(hosp.clone(), "Encounter/er2", e2).await.status, 201);
+        assert_eq!(marked(&s, op.clone()).await.len(), 1);
+        // a pharmacy may not open Encounters at all (role policy), so it cannot make itself a provider
+        let pharm = token_for(&s, "c-pharmacy").await;
+        let mut e3 = enc("org-pharmacy");
+        e3["id"] = json!("er3");
+        assert_outcome(&put(pharm, "Encounter/er3", e3).await, 403);
+        assert_eq!(marked(&s, op.clone()).await.len(), 1);
+        s.stop().await;
+    }
+}
+
 fn representative(cat: &str) -> &'static str {
     match cat {
         "patient" => "Patient",

@@ -381,3 +381,250 @@ async fn dev_caller_header_only_when_enabled() {
     assert_eq!(get(&s, "Observation/rel-enc-obs").await.status, 200);
     s.stop().await;
 }
+
+/// A research opt-out: sharing for care stays as it is, research is denied.
+fn research_opt_out() -> Value {
+    json!({"type": "permit", "provision": [{"type": "deny",
+        "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HRESCH"}]}]})
+}
+
+/// Every `Type/id` of an export's files (and each file's manifest count checked).
+async fn exported(s: &TestServer, query: &str, caller: &str) -> std::collections::BTreeSet<String> {
+    let st = crate::export::kick_off(s, query, caller).await;
+    let m = crate::export::wait(&st, caller).await;
+    let mut out = std::collections::BTreeSet::new();
+    for o in m["output"].as_array().unwrap() {
+        let rows = crate::export::lines(o["url"].as_str().unwrap(), caller).await;
+        assert_eq!(o["count"].as_u64(), Some(rows.len() as u64), "manifest count = lines: {o}");
+        for r in rows {
+            out.insert(format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap()));
+        }
+    }
+    out
+}
+
+/// Bulk export and measure reports pass the same filter as every read
+/// (issue 7): a clinical member's export holds exactly what it may read
+/// (relationship kinds, MPI links, own records, Consent provisions); the
+/// insurer's de-identified export and aggregate counts leave out exactly
+/// the persons whose Consent explicitly denies research (or the insurer),
+/// while a plain deny of sharing keeps a person in de-identified data.
+async fn exports(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let api = carebridge::api::ApiConfig {
+        dev_caller_header: true,
+        report: carebridge::report::ReportConfig { export_dir: dir.path().to_path_buf(), export_page: 3, ..Default::default() },
+        ..Default::default()
+    };
+    let s = TestServer::start_api_access(backend, api, carebridge::services::ValidationMode::Enforce, opt_out()).await;
+    network(&s).await;
+    let no_insurer = json!({"type": "permit", "provision": [{"type": "deny", "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]}, "reference": {"reference": "Organization/org-ins"}}]}]});
+    seed_case(&s, "exp-ok", None).await;
+    seed_case(&s, "exp-deny", Some(&json!({"type": "deny"}))).await;
+    seed_case(&s, "exp-code", Some(&fixture("provisions.json")[8]["provision"])).await;
+    seed_case(&s, "exp-research", Some(&research_opt_out())).await;
+    seed_case(&s, "exp-noins", Some(&no_insurer)).await;
+    let q = "$export?_type=Patient,Observation,Encounter,Condition,CareTeam";
+    let all = exported(&s, q, "ops;operator").await;
+    assert!(all.contains("Observation/exp-deny-hb") && all.contains("Patient/rel-none"), "the operator exports everything");
+
+    // each clinical member's export = exactly what it may read
+    let members = [HOSP, GP, "nursing-service org-nurse", "therapist org-ther", "pharmacy org-pharm", "municipality org-muni"];
+    for member in members {
+        let got = exported(&s, q, &dev_header(member)).await;
+        assert!(got.is_subset(&all));
+        for key in &all {
+            let r = as_caller(&s, member, None, key).await;
+            assert_eq!(got.contains(key), r.status == 200, "{member}: {key} exported iff readable ({})", r.status);
+        }
+        if member == HOSP {
+            for want in ["Observation/exp-ok-hb", "Observation/exp-research-hb", "Observation/exp-code-old", "Observation/rel-enc-obs", "Observation/rel-mpi-b-obs"] {
+                assert!(got.contains(want), "hospital export lacks {want}");
+            }
+            for gone in ["Observation/exp-deny-hb", "Patient/exp-deny", "Observation/exp-code-hb", "Observation/rel-none-obs", "Observation/rel-fin-obs"] {
+                assert!(!got.contains(gone), "hospital export holds {gone}");
+            }
+        }
+        if member == GP {
+            assert!(got.contains("Observation/rel-none-own") && !got.contains("Observation/rel-none-obs"), "own record only");
+        }
+    }
+    // a Group-level export is filtered the same way
+    let g = json!({"resourceType": "Group", "id": "exp-cohort", "type": "person", "actual": true,
+        "member": [{"entity": {"reference": "Patient/exp-ok"}}, {"entity": {"reference": "Patient/exp-deny"}}]});
+    assert_eq!(put_json(&s, "Group/exp-cohort", &g).await.status, 201);
+    let got = exported(&s, "Group/exp-cohort/$export?_type=Observation", &dev_header(HOSP)).await;
+    assert!(got.contains("Observation/exp-ok-hb") && !got.iter().any(|k| k.contains("exp-deny")), "{got:?}");
+
+    // the insurer: de-identified, and without the persons who opted out of research or named the insurer
+    let ins = exported(&s, "$export?_type=Patient,Observation", &dev_header(INSURER)).await;
+    let count = |set: &std::collections::BTreeSet<String>, t: &str| set.iter().filter(|k| k.starts_with(&format!("{t}/"))).count();
+    let of = |pid: &str| all.iter().filter(|k| k.starts_with("Observation/") && k.contains(&format!("/{pid}-"))).count();
+    assert_eq!(of("exp-research"), 3);
+    assert_eq!(count(&ins, "Patient"), count(&all, "Patient") - 2, "exp-research and exp-noins left out, exp-deny kept");
+    assert_eq!(count(&ins, "Observation"), count(&all, "Observation") - of("exp-research") - of("exp-noins"));
+    assert!(!ins.iter().any(|k| k.contains("exp-")), "pseudonymous ids only");
+
+    // measure counts: only an explicit denial of the purpose removes a person
+    let m = json!({"resourceType": "Measure", "id": "all-persons", "status": "active",
+        "scoring": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-scoring", "code": "cohort"}]},
+        "group": [{"id": "all", "population": [{"code": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-population", "code": "initial-population"}]},
+            "criteria": {"language": "text/fhirpath", "expression": "true"}}]}]});
+    assert_eq!(put_json(&s, "Measure/all-persons", &m).await.status, 201);
+    let period = "periodStart=2024-01-01&periodEnd=2024-12-31";
+    let subjects = |rep: &Value| -> Vec<String> {
+        let list = rep["contained"].as_array().unwrap().iter().find(|c| c["resourceType"] == "List").unwrap();
+        list["entry"].as_array().unwrap().iter().map(|e| e["item"]["reference"].as_str().unwrap().to_owned()).collect()
+    };
+    let ips = |rep: &Value| rep["group"][0]["population"][0]["count"].as_u64().unwrap();
+    let everyone = get(&s, &format!("Measure/all-persons/$evaluate-measure?{period}&reportType=subject-list")).await.json();
+    let persons = subjects(&everyone);
+    assert!(persons.contains(&"Patient/exp-research".to_owned()) && persons.contains(&"Patient/exp-deny".to_owned()), "{persons:?}");
+    let op = get(&s, &format!("Measure/all-persons/$evaluate-measure?{period}")).await.json();
+    assert_eq!(ips(&op), persons.len() as u64 - 1, "the research opt-out is not counted: {op}");
+    let r = as_caller(&s, INSURER, None, &format!("Measure/all-persons/$evaluate-measure?{period}")).await;
+    assert_eq!(ips(&r.json()), persons.len() as u64 - 2, "nor, for the insurer, the person who denied the insurer");
+    // a clinical member's subject list: only the persons it may read
+    let hosp = subjects(&as_caller(&s, HOSP, None, &format!("Measure/all-persons/$evaluate-measure?{period}&reportType=subject-list")).await.json());
+    for want in ["Patient/exp-ok", "Patient/exp-research", "Patient/rel-enc"] {
+        assert!(hosp.contains(&want.to_owned()), "{want} in {hosp:?}");
+    }
+    for gone in ["Patient/exp-deny", "Patient/rel-none", "Patient/rel-fin", "Patient/rel-eoc"] {
+        assert!(!hosp.contains(&gone.to_owned()), "{gone} in {hosp:?}");
+    }
+    s.stop().await;
+}
+on_both!(export_and_reports_filtered, exports);
+
+/// A write as `caller` (`<member-type> <member-id>`, or a raw dev header with `;`).
+async fn write_as(s: &TestServer, caller: &str, method: reqwest::Method, path: &str, body: Option<&Value>, purpose: Option<&str>) -> Resp {
+    let header = if caller.contains(';') { caller.to_owned() } else { dev_header(caller) };
+    let mut rb = client().request(method, s.url(path)).header("x-carebridge-dev-caller", header);
+    if let Some(b) = body {
+        rb = rb.header("content-type", "application/fhir+json").body(b.to_string());
+    }
+    if let Some(p) = purpose {
+        rb = rb.header("x-purpose-of-use", p);
+    }
+    send(rb).await
+}
+
+/// Changes do not depend on the client behaving well (issue 7): a member
+/// updates or deletes a stored patient-level resource only when it may
+/// read it (care relationship + Consent) or created it (`meta.source`,
+/// set by the gateway); break-glass does not extend to changes; creates
+/// stay the role policy's; operators and integration engines are not
+/// restricted. Refusals are 403 with an OperationOutcome and store nothing.
+async fn change_rules(backend: Backend) {
+    use reqwest::Method;
+    let s = TestServer::start_access(backend, opt_in()).await;
+    network(&s).await;
+    seed_case(&s, "chg", Some(&json!({"type": "permit"}))).await; // hospital and GP treat her, she consents
+    seed_case(&s, "chg-deny", Some(&json!({"type": "deny"}))).await; // treated, but she objects
+    const THER: &str = "therapist org-ther";
+    let stored = |id: &'static str| {
+        let s = &s;
+        async move { get(s, &format!("Observation/{id}")).await.json() }
+    };
+    let mut hb = stored("chg-hb").await;
+    hb["status"] = json!("amended");
+
+    // no relationship: update and delete refused, nothing stored
+    for (m, body) in [(Method::PUT, Some(&hb)), (Method::DELETE, None)] {
+        let r = write_as(&s, THER, m.clone(), "Observation/chg-hb", body, None).await;
+        assert_outcome(&r, 403);
+        assert!(r.text.contains("care relationship"), "{}", r.text);
+    }
+    let now = stored("chg-hb").await;
+    assert_eq!((now["meta"]["versionId"].as_str(), now["status"].as_str()), (Some("1"), Some("final")), "nothing stored");
+    // break-glass reads, but never changes
+    assert_eq!(as_caller(&s, THER, Some("BTG"), "Observation/chg-hb").await.status, 200);
+    assert_outcome(&write_as(&s, THER, Method::PUT, "Observation/chg-hb", Some(&hb), Some("BTG")).await, 403);
+    // relationship and consent: allowed
+    assert_eq!(write_as(&s, HOSP, Method::PUT, "Observation/chg-hb", Some(&hb), None).await.status, 200);
+    // relationship without consent: refused
+    let mut dhb = stored("chg-deny-hb").await;
+    dhb["status"] = json!("amended");
+    let r = write_as(&s, HOSP, Method::PUT, "Observation/chg-deny-hb", Some(&dhb), None).await;
+    assert_outcome(&r, 403);
+    assert!(r.text.contains("consent"), "{}", r.text);
+
+    // creates are free (role policy); the creator is recorded by the gateway, not by the client
+    let mine = json!({"resourceType": "Observation", "id": "chg-ther", "status": "final", "code": {"text": "gait"},
+        "subject": {"reference": "Patient/chg-deny"}, "meta": {"source": "urn:carebridge:member:org-hosp"}});
+    let r = write_as(&s, THER, Method::PUT, "Observation/chg-ther", Some(&mine), None).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(stored("chg-ther").await["meta"]["source"], "urn:carebridge:member:org-ther");
+    // the creator changes what it created, even without a relationship; the claim to be the hospital is void
+    let mut again = mine.clone();
+    again["status"] = json!("amended");
+    assert_eq!(write_as(&s, THER, Method::PUT, "Observation/chg-ther", Some(&again), None).await.status, 200);
+    assert_outcome(&write_as(&s, HOSP, Method::PUT, "Observation/chg-ther", Some(&again), None).await, 403);
+    // another member's update keeps the creator
+    let mut ok = stored("chg-hb").await;
+    ok["status"] = json!("corrected");
+    ok["meta"]["source"] = json!("urn:carebridge:member:org-gp");
+    assert_eq!(write_as(&s, GP, Method::PUT, "Observation/chg-hb", Some(&ok), None).await.status, 200);
+    assert!(stored("chg-hb").await["meta"].get("source").is_none(), "the operator created it: no member source");
+    assert_eq!(write_as(&s, THER, Method::DELETE, "Observation/chg-ther", None, None).await.status, 204);
+
+    // a transaction with one refused entry stores nothing
+    let mut cond = get(&s, "Condition/chg-cond").await.json();
+    cond["note"] = json!([{"text": "x"}]);
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": cond, "request": {"method": "PUT", "url": "Condition/chg-cond"}},
+        {"request": {"method": "DELETE", "url": "Observation/chg-deny-old"}}]});
+    let r = write_as(&s, HOSP, Method::POST, "", Some(&tx), None).await;
+    assert_outcome(&r, 403);
+    assert_eq!(get(&s, "Condition/chg-cond").await.json()["meta"]["versionId"], "1");
+    assert_eq!(get(&s, "Observation/chg-deny-old").await.status, 200);
+    // in a batch, the refused entry is 403 on its own
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "DELETE", "url": "Observation/chg-deny-old"}}]});
+    let r = write_as(&s, HOSP, Method::POST, "", Some(&batch), None).await;
+    assert!(r.json()["entry"][0]["response"]["status"].as_str().unwrap().starts_with("403"), "{}", r.text);
+
+    // operators, integration engines: unrestricted
+    assert_eq!(write_as(&s, "test-ie;integration-engine;org-ie", Method::PUT, "Observation/chg-deny-hb", Some(&dhb), None).await.status, 200);
+    assert_eq!(delete(&s, "Observation/chg-deny-old").await.status, 204);
+    s.stop().await;
+}
+on_both!(changes_need_relationship_or_creator, change_rules);
+
+/// Deleting a Task, CarePlan or CareTeam follows the workflow rules of
+/// their updates: a Task its owner or requester, a CarePlan its author, a
+/// CareTeam its participants or managing organization.
+async fn workflow_deletes(backend: Backend) {
+    use reqwest::Method;
+    let s = TestServer::start_access(backend, opt_out()).await;
+    network(&s).await;
+    seed_case(&s, "wfd", None).await;
+    let subj = json!({"reference": "Patient/wfd"});
+    let org = |m: &str| json!({"reference": format!("Organization/{m}")});
+    let team = json!({"resourceType": "CareTeam", "id": "wfd-team", "status": "active", "subject": subj,
+        "managingOrganization": [org("org-hosp")], "participant": [{"member": org("org-gp")}, {"member": org("org-nurse")}]});
+    let plan = json!({"resourceType": "CarePlan", "id": "wfd-plan", "status": "active", "intent": "plan", "subject": subj,
+        "author": org("org-hosp"), "careTeam": [{"reference": "CareTeam/wfd-team"}]});
+    let task = |id: &str| json!({"resourceType": "Task", "id": id, "status": "requested", "intent": "order", "for": subj,
+        "requester": org("org-hosp"), "owner": org("org-nurse")});
+    let entries: Vec<Value> = [team, plan, task("wfd-t1"), task("wfd-t2")].into_iter().map(put).collect();
+    load(&s, &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
+    let refused = |r: Resp, why: &str| {
+        assert_outcome(&r, 403);
+        assert!(r.text.contains(why), "{why}: {}", r.text);
+    };
+    // Task: not a third party (the GP treats her, but is neither owner nor requester)
+    refused(write_as(&s, GP, Method::DELETE, "Task/wfd-t1", None, None).await, "only its owner or requester");
+    assert_eq!(get(&s, "Task/wfd-t1").await.status, 200, "still there");
+    assert_eq!(write_as(&s, "nursing-service org-nurse", Method::DELETE, "Task/wfd-t1", None, None).await.status, 204, "the owner");
+    assert_eq!(write_as(&s, HOSP, Method::DELETE, "Task/wfd-t2", None, None).await.status, 204, "the requester");
+    // CarePlan: a participant may update it, but only the author delete it
+    refused(write_as(&s, GP, Method::DELETE, "CarePlan/wfd-plan", None, None).await, "only its author");
+    assert_eq!(get(&s, "CarePlan/wfd-plan").await.status, 200);
+    assert_eq!(write_as(&s, HOSP, Method::DELETE, "CarePlan/wfd-plan", None, None).await.status, 204);
+    // CareTeam: not an outsider
+    refused(write_as(&s, "pharmacy org-pharm", Method::DELETE, "CareTeam/wfd-team", None, None).await, "only its participants");
+    assert_eq!(get(&s, "CareTeam/wfd-team").await.status, 200);
+    assert_eq!(write_as(&s, GP, Method::DELETE, "CareTeam/wfd-team", None, None).await.status, 204, "a participant");
+    s.stop().await;
+}
+on_both!(workflow_deletes_follow_update_rules, workflow_deletes);

@@ -17,13 +17,13 @@ fn req(method: reqwest::Method, s: &TestServer, path: &str, caller: &str) -> req
     client().request(method, s.url(path)).header("x-carebridge-dev-caller", caller)
 }
 
-async fn kick_off(s: &TestServer, path: &str, caller: &str) -> String {
+pub(crate) async fn kick_off(s: &TestServer, path: &str, caller: &str) -> String {
     let r = send(req(reqwest::Method::GET, s, path, caller).header("prefer", "respond-async").header("accept", "application/fhir+json")).await;
     assert_eq!(r.status, 202, "{path}: {}", r.text);
     r.header("content-location").expect("Content-Location")
 }
 
-async fn wait(status_url: &str, caller: &str) -> Value {
+pub(crate) async fn wait(status_url: &str, caller: &str) -> Value {
     for _ in 0..600 {
         let r = send(client().get(status_url).header("x-carebridge-dev-caller", caller)).await;
         match r.status {
@@ -39,14 +39,14 @@ async fn wait(status_url: &str, caller: &str) -> Value {
     panic!("export did not finish");
 }
 
-async fn lines(url: &str, caller: &str) -> Vec<Value> {
+pub(crate) async fn lines(url: &str, caller: &str) -> Vec<Value> {
     let r = send(client().get(url).header("x-carebridge-dev-caller", caller)).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.header("content-type").as_deref(), Some("application/fhir+ndjson"));
     r.text.lines().map(|l| serde_json::from_str(l).expect("one JSON resource per line")).collect()
 }
 
-fn output<'a>(m: &'a Value, t: &str) -> Option<&'a Value> {
+pub(crate) fn output<'a>(m: &'a Value, t: &str) -> Option<&'a Value> {
     m["output"].as_array().unwrap().iter().find(|o| o["type"] == t)
 }
 

@@ -18,6 +18,7 @@
 //! name = "Klinikum Nord"                      # Organization.name
 //! time_zone = "Europe/Berlin"                 # v2 times without offset
 //! mrn_system = "urn:oid:1.2.276.0.76.4.8"     # PID-3 without assigning authority
+//! member = "klinikum-nord"                    # optional: the [[auth.member]] it belongs to
 //! [hl7v2.institution.identifier_systems]      # assigning authority / type code → system
 //! KVNR = "http://fhir.de/sid/gkv/kvid-10"
 //! MRN-KLN = "urn:oid:1.2.276.0.76.4.8"
@@ -220,6 +221,7 @@ impl AuthSection {
         }
         Ok(Authenticator::new(AuthSettings {
             clients,
+            members: members.iter().map(|(k, m)| (k.clone(), m.member_type)).collect(),
             policy,
             token_url: self.token_url.clone(),
             issuer: self.issuer.clone().unwrap_or_else(|| "urn:carebridge:gateway".into()),
@@ -249,6 +251,8 @@ pub struct InstitutionSection {
     pub name: Option<String>,
     pub time_zone: Option<String>,
     pub mrn_system: Option<String>,
+    /// the network member (`[[auth.member]]` id) the institution belongs to
+    pub member: Option<String>,
     #[serde(default)]
     pub identifier_systems: std::collections::BTreeMap<String, String>,
 }
@@ -269,6 +273,12 @@ impl Hl7v2Section {
             }
             let mut c = InstitutionConfig::new(i.id.clone());
             c.organization_name = i.name.clone();
+            if let Some(m) = &i.member {
+                if !crate::fhir::is_valid_id(m) {
+                    return Err(ConfigError::Institution(i.id.clone(), format!("member '{m}' is not a FHIR id")));
+                }
+                c.member = Some(m.clone());
+            }
             if let Some(z) = zone(&i.id, &i.time_zone)?.or_else(|| out.default_zone.clone()) {
                 c.time_zone = z;
             }
@@ -381,6 +391,15 @@ mod tests {
         assert!(dup.hl7v2.to_hl7_config().is_err());
         let badid: FileConfig = toml::from_str("[[hl7v2.institution]]\nid = \"a b\"\n").unwrap();
         assert!(badid.hl7v2.to_hl7_config().is_err());
+        // member: the institution's records name Organization/<member>
+        assert_eq!(k.member, None);
+        assert_ne!(k.org_ref(), "Organization/klinikum-nord");
+        let m: FileConfig = toml::from_str("[[hl7v2.institution]]\nid = \"kn\"\nmember = \"klinikum-nord\"\n").unwrap();
+        let kn = m.hl7v2.to_hl7_config().unwrap().institution_for("kn");
+        assert_eq!(kn.member.as_deref(), Some("klinikum-nord"));
+        assert_eq!(kn.org_ref(), "Organization/klinikum-nord");
+        let badm: FileConfig = toml::from_str("[[hl7v2.institution]]\nid = \"kn\"\nmember = \"no/id\"\n").unwrap();
+        assert!(badm.hl7v2.to_hl7_config().is_err());
     }
 
     #[test]

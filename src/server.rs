@@ -11,6 +11,10 @@
 //!
 //! Invariant: a server without authentication (`ApiConfig.auth = None`,
 //! `serve --insecure-dev`) listens on a loopback address only.
+//! Invariant: plain MLLP listens on loopback only; with `[server.tls]` MLLP
+//! runs over TLS and, with `[auth]`, takes messages only from registered
+//! client certificates (`ingest::mllp`); one TLS configuration serves HTTPS
+//! and MLLP and is reloaded on SIGHUP.
 
 use crate::api::{self, ApiConfig, AppState};
 use crate::ingest::hl7v2::Hl7Config;
@@ -45,6 +49,10 @@ pub enum ServerError {
     Insecure(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("refusing MLLP on {0}: off loopback, MLLP runs only over TLS with registered client certificates, which needs [auth] and [server.tls] with client_ca")]
+    MllpInsecure(String),
+    #[error("institution '{0}' names member '{1}', which is not an [[auth.member]]")]
+    UnknownMember(String, String),
 }
 
 /// Certificate files for HTTPS (`[server.tls]`).
@@ -204,12 +212,14 @@ pub async fn start_full(services: Services, api_config: ApiConfig, listen: &str,
     if api_config.auth.is_none() && !addr.ip().is_loopback() {
         return Err(ServerError::Insecure(addr.to_string()));
     }
-    if api_config.auth.is_some() && mllp.is_some() {
-        tracing::warn!("the MLLP listener has no authentication: expose it only to the network of the integration engines");
-    }
     let tls_cfg = match &tls {
         Some(f) => Some(tls_config(f)?),
         None => None,
+    };
+    // one TLS configuration for HTTPS and MLLP over TLS, replaced on SIGHUP
+    let tls_current = match (&tls, tls_cfg) {
+        (Some(files), Some(cfg)) => Some(reload_on_sighup(files.clone(), cfg)),
+        _ => None,
     };
     let hl7: Hl7Config = api_config.hl7.clone();
     let import = match &api_config.mappings_dir {
@@ -219,17 +229,37 @@ pub async fn start_full(services: Services, api_config: ApiConfig, listen: &str,
     if !import.institutions().is_empty() {
         tracing::info!(institutions = ?import.institutions(), "import mappings loaded");
     }
+    if let Some(auth) = &api_config.auth {
+        check_members(auth, &hl7, &import)?;
+    }
+    let audit = api_config.auth.as_ref().map(|_| crate::pipeline::audit::AuditSink::start(services.clone()));
     let mllp_addr = match mllp {
         Some(m) => {
+            // decided before binding: with [server.tls] MLLP runs over TLS (and,
+            // with [auth], takes only registered client certificates); plain
+            // MLLP only on loopback (ingest::mllp)
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host(m).await.map_err(|e| ServerError::Bind(m.to_owned(), e))?.collect();
+            let loopback = !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback());
+            let certs_checked = api_config.auth.is_some() && tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+            if !loopback && !certs_checked {
+                return Err(ServerError::MllpInsecure(m.to_owned()));
+            }
             let l = tokio::net::TcpListener::bind(m).await.map_err(|e| ServerError::Bind(m.to_owned(), e))?;
             let a = l.local_addr().map_err(|e| ServerError::Bind(m.to_owned(), e))?;
-            let (s, c) = (services.clone(), Arc::new(hl7.clone()));
-            tokio::spawn(async move { crate::ingest::mllp::serve(l, s, c).await });
+            let ctx = crate::ingest::mllp::MllpContext { services: services.clone(), hl7: Arc::new(hl7.clone()), auth: api_config.auth.clone(), audit: audit.clone() };
+            match &tls_current {
+                Some(current) => {
+                    let current = current.clone();
+                    tokio::spawn(async move { crate::ingest::mllp::serve_tls(l, ctx, current).await });
+                }
+                None => {
+                    tokio::spawn(async move { crate::ingest::mllp::serve(l, ctx).await });
+                }
+            }
             Some(a)
         }
         None => None,
     };
-    let audit = api_config.auth.as_ref().map(|_| crate::pipeline::audit::AuditSink::start(services.clone()));
     let reports = Arc::new(crate::report::Reports::new(api_config.report.clone(), services.validator.fhirpath_model())?);
     match crate::report::export::resume(&services, &reports).await {
         Ok(0) => {}
@@ -241,9 +271,9 @@ pub async fn start_full(services: Services, api_config: ApiConfig, listen: &str,
     let worker = crate::subscription::deliver::spawn(services.clone(), public);
     let app = api::router(Arc::new(AppState { services, config: api_config, hl7, import, reports, audit }));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = match (tls, tls_cfg) {
-        (Some(files), Some(cfg)) => tokio::spawn(serve_tls(listener, app, files, cfg, rx)),
-        _ => tokio::spawn(async move {
+    let handle = match tls_current {
+        Some(current) => tokio::spawn(serve_tls(listener, app, current, rx)),
+        None => tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = rx.await;
@@ -254,13 +284,13 @@ pub async fn start_full(services: Services, api_config: ApiConfig, listen: &str,
     Ok(Running { addr, mllp_addr, shutdown: Some(tx), handle, worker })
 }
 
-/// The HTTPS accept loop: one rustls handshake per connection with the
-/// current configuration (replaced on SIGHUP), then HTTP/1.1 on it.
-async fn serve_tls(listener: tokio::net::TcpListener, app: axum::Router, files: TlsFiles, cfg: Arc<rustls::ServerConfig>, mut stop: tokio::sync::oneshot::Receiver<()>) {
+/// The current TLS configuration, replaced when SIGHUP asks to re-read
+/// the certificate and key (a failed reload keeps the previous one).
+fn reload_on_sighup(files: TlsFiles, cfg: Arc<rustls::ServerConfig>) -> Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>> {
     let current = Arc::new(std::sync::RwLock::new(cfg));
     #[cfg(unix)]
     {
-        let (current, files) = (current.clone(), files.clone());
+        let current = current.clone();
         tokio::spawn(async move {
             let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
             while hup.recv().await.is_some() {
@@ -276,6 +306,26 @@ async fn serve_tls(listener: tokio::net::TcpListener, app: axum::Router, files: 
     }
     #[cfg(not(unix))]
     let _ = files;
+    current
+}
+
+/// With `[auth]`, every `member` an HL7 v2 institution or import mapping
+/// names must be a configured member (a typo would attribute its data to
+/// nobody).
+fn check_members(auth: &crate::auth::token::Authenticator, hl7: &Hl7Config, import: &Mappings) -> Result<(), ServerError> {
+    let v2 = hl7.institutions.values().filter_map(|i| i.member.as_deref().map(|m| (i.institution_id.as_str(), m)));
+    let files = import.institutions().into_iter().filter_map(|i| import.get(i).and_then(|m| m.member.clone()).map(|m| (i, m)));
+    for (inst, m) in v2.map(|(i, m)| (i.to_owned(), m.to_owned())).chain(files.map(|(i, m)| (i.to_owned(), m))) {
+        if auth.member_type(&m).is_none() {
+            return Err(ServerError::UnknownMember(inst, m));
+        }
+    }
+    Ok(())
+}
+
+/// The HTTPS accept loop: one rustls handshake per connection with the
+/// current configuration (`current`, replaced on SIGHUP), then HTTP/1.1 on it.
+async fn serve_tls(listener: tokio::net::TcpListener, app: axum::Router, current: Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>, mut stop: tokio::sync::oneshot::Receiver<()>) {
     loop {
         let (tcp, _peer) = tokio::select! {
             _ = &mut stop => break,

@@ -1,7 +1,9 @@
 //! `POST /hl7v2`: one HL7 v2 message (ER7; any of `x-application/hl7-v2+er7`,
 //! `application/hl7-v2`, `text/plain`) → the v2 ACK as the body
 //! (`x-application/hl7-v2+er7`). HTTP status mirrors MSA-1: 200 `AA`,
-//! 422 `AE`, 400 `AR`.
+//! 422 `AE`, 400 `AR`; 403 with an `AR` ACK when the caller is a member
+//! that may not send for the message's institution (MSH-4 mapped to
+//! another member, or to none: `Caller::may_send_for`).
 //!
 //! The FHIR side of the result: a `Link: <…/Provenance/id>; rel="related"`
 //! header names the Provenance written for the message (its `target`s are
@@ -11,7 +13,7 @@
 
 use super::error::ApiError;
 use super::{AppState, Req};
-use crate::ingest::hl7v2::handle_audited;
+use crate::ingest::hl7v2::handle_for;
 use crate::translate::hl7v2::AckCode;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -22,8 +24,9 @@ pub async fn post(app: &AppState, r: &Req) -> Result<Response, ApiError> {
     if r.body.is_empty() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, crate::fhir::IssueType::Required, "POST /hl7v2 needs an HL7 v2 message body"));
     }
-    let out = handle_audited(&app.services, &app.hl7, &r.body, r.audit.clone()).await;
+    let out = handle_for(&app.services, &app.hl7, &r.body, Some(&r.caller), r.audit.clone()).await;
     let status = match out.code {
+        _ if out.forbidden => StatusCode::FORBIDDEN,
         AckCode::AA | AckCode::CA => StatusCode::OK,
         AckCode::AE | AckCode::CE => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::BAD_REQUEST,

@@ -8,6 +8,7 @@
 //! | 200 OperationOutcome | at least one row imported: the summary issue, then every rejected row (error) and warning with `location` = `row N, column C` |
 //! | 422 OperationOutcome | nothing imported: every row bad, no rows, or `all-or-nothing` with any bad row (or a failed transaction) |
 //! | 400 | the body is not readable as the declared format (not UTF-8, CSV header broken, JSON syntax, no records array) |
+//! | 403 | the caller is a member other than an integration engine or operator and the institution is not mapped to it (`[institution] member`) |
 //! | 404 | no mapping file for the institution |
 //! | 415 | a Content-Type other than `text/csv` / `application/json`, or one the institution's mapping does not accept |
 //!
@@ -53,6 +54,9 @@ pub async fn post(app: &AppState, r: &Req, institution: &str) -> Result<Response
             format!("unknown institution '{institution}': there is no mapping file {institution}.toml"),
         ));
     };
+    if let Err(m) = r.caller.may_send_for(institution, mapping.member.as_deref()) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, IssueType::Forbidden, m));
+    }
     let Some(format) = format_of(r).filter(|f| mapping.accepts(*f)) else {
         let accepted: Vec<&str> = [(Format::Csv, "text/csv"), (Format::Json, "application/json")]
             .iter()

@@ -127,4 +127,24 @@ impl Caller {
     pub fn member_reference(&self) -> Option<String> {
         self.member.as_ref().map(|m| format!("Organization/{m}"))
     }
+
+    /// May this caller send HL7 v2 messages or exports of an institution
+    /// that belongs to `institution_member` (its `member` setting)?
+    /// Operators and integration engines send for every institution (they
+    /// are the network's trusted writers); any other member only for
+    /// institutions mapped to itself — otherwise it could write records,
+    /// and with them care relationships, in another member's name.
+    pub fn may_send_for(&self, institution: &str, institution_member: Option<&str>) -> Result<(), String> {
+        if matches!(self.member_type, MemberType::Operator | MemberType::IntegrationEngine) {
+            return Ok(());
+        }
+        let me = self.member.as_deref().unwrap_or("");
+        match institution_member {
+            Some(m) if m == me => Ok(()),
+            Some(m) => Err(format!("institution '{institution}' belongs to Organization/{m}; Organization/{me} may send only its own institutions' data")),
+            None => Err(format!(
+                "institution '{institution}' is not mapped to a network member (`member` in its configuration); only integration engines and operators may send its data"
+            )),
+        }
+    }
 }

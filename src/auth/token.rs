@@ -152,6 +152,8 @@ impl GatewayKey {
 #[derive(Debug)]
 pub struct AuthSettings {
     pub clients: HashMap<String, ClientReg>,
+    /// the network's members (`[[auth.member]]`): Organization id → type
+    pub members: HashMap<String, MemberType>,
     pub policy: RolePolicy,
     /// the token endpoint URL client assertions must name in `aud`
     /// (default: `{base}/auth/token` of the request's base URL)
@@ -231,6 +233,20 @@ impl Authenticator {
 
     pub fn client(&self, id: &str) -> Option<&ClientReg> {
         self.settings.clients.get(id)
+    }
+
+    /// The type of a configured member (`[[auth.member]]`, or a client's).
+    pub fn member_type(&self, member: &str) -> Option<MemberType> {
+        self.settings.members.get(member).copied().or_else(|| self.settings.clients.values().find(|c| c.member == member).map(|c| c.member_type))
+    }
+
+    /// The registered client whose TLS client certificate has this SHA-256
+    /// fingerprint (lower-case hex); the first by client id when a member's
+    /// clients share certificates.
+    pub fn client_by_cert(&self, fingerprint: &str) -> Option<&ClientReg> {
+        let mut found: Vec<&ClientReg> = self.settings.clients.values().filter(|c| c.client_cert_sha256.iter().any(|f| f == fingerprint)).collect();
+        found.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        found.into_iter().next()
     }
 
     /// The token URL for a request whose base URL is `base`.

@@ -106,6 +106,7 @@ pub async fn target_auth() -> Result<(Target, String), String> {
     };
     let settings = AuthSettings {
         clients: [("bench".to_owned(), reg)].into_iter().collect(),
+        members: Default::default(),
         policy: crate::auth::policy::RolePolicy::default_policy(),
         token_url: None,
         issuer: "urn:carebridge:bench".into(),

@@ -55,6 +55,9 @@ pub struct Hl7Outcome {
     pub fhir: Option<Value>,
     /// `Provenance/<id>` written for the message (AA)
     pub provenance: Option<String>,
+    /// AR because the sender may not send for the message's institution
+    /// (`Caller::may_send_for`); the HTTP endpoint answers 403
+    pub forbidden: bool,
 }
 
 /// v2 timestamp for MSH-7 of the ACK (UTC).
@@ -69,7 +72,7 @@ pub fn ack_control_id() -> String {
 }
 
 fn reject(header: &InboundHeader, code: AckCode, errors: &[AckError]) -> Hl7Outcome {
-    Hl7Outcome { code, ack: build_ack(header, code, &ack_control_id(), &v2_now(), errors), fhir: None, provenance: None }
+    Hl7Outcome { code, ack: build_ack(header, code, &ack_control_id(), &v2_now(), errors), fhir: None, provenance: None, forbidden: false }
 }
 
 fn response_bundle(results: &[EntryResult]) -> Value {
@@ -193,6 +196,19 @@ pub async fn handle(services: &Services, cfg: &Hl7Config, raw: &[u8]) -> Hl7Outc
 
 /// [`handle`], writing the request's AuditEvent in the message's transaction.
 pub async fn handle_audited(services: &Services, cfg: &Hl7Config, raw: &[u8], audit: Option<crate::auth::audit::AccessRecord>) -> Hl7Outcome {
+    handle_for(services, cfg, raw, None, audit).await
+}
+
+/// [`handle_audited`] for an authenticated `sender`: a member that is not
+/// an integration engine or operator may send only for institutions mapped
+/// to itself (`Caller::may_send_for`); otherwise AR, nothing stored.
+pub async fn handle_for(
+    services: &Services,
+    cfg: &Hl7Config,
+    raw: &[u8],
+    sender: Option<&crate::auth::Caller>,
+    audit: Option<crate::auth::audit::AccessRecord>,
+) -> Hl7Outcome {
     let buf = match MessageBuf::from_bytes(raw) {
         Ok(b) => b,
         Err(e) => return reject(&InboundHeader::default(), AckCode::AR, &[AckError::from(&e)]),
@@ -201,6 +217,11 @@ pub async fn handle_audited(services: &Services, cfg: &Hl7Config, raw: &[u8], au
     let header = InboundHeader::from_message(&msg);
     let facility = msg.header().field(4).component(1).decoded().into_owned();
     let inst = cfg.institution_for(&facility);
+    if let Some(Err(m)) = sender.map(|c| c.may_send_for(&inst.institution_id, inst.member.as_deref())) {
+        let mut out = reject(&header, AckCode::AR, &[AckError::new(207, Severity::Error).message(format!("MSH-4 '{facility}': {m}"))]);
+        out.forbidden = true;
+        return out;
+    }
     let received = datetime::format_instant(datetime::now_micros());
     let mut t = match translate(&msg, raw, &inst, &received) {
         Ok(t) => t,
@@ -224,7 +245,7 @@ pub async fn handle_audited(services: &Services, cfg: &Hl7Config, raw: &[u8], au
                 .find(|(t, _)| t == "Provenance")
                 .map(|(t, id)| format!("{t}/{id}"));
             let ack = ack_for(&msg, AckCode::AA, &ack_control_id(), &v2_now(), &t.warnings);
-            Hl7Outcome { code: AckCode::AA, ack, fhir: Some(response_bundle(&results)), provenance }
+            Hl7Outcome { code: AckCode::AA, ack, fhir: Some(response_bundle(&results)), provenance, forbidden: false }
         }
         Err(e) => {
             let oo = e.outcome();
@@ -244,7 +265,7 @@ pub async fn handle_audited(services: &Services, cfg: &Hl7Config, raw: &[u8], au
                 })
                 .collect();
             let ack = ack_for(&msg, AckCode::AE, &ack_control_id(), &v2_now(), &errors);
-            Hl7Outcome { code: AckCode::AE, ack, fhir: Some(oo.to_json()), provenance: None }
+            Hl7Outcome { code: AckCode::AE, ack, fhir: Some(oo.to_json()), provenance: None, forbidden: false }
         }
     }
 }

@@ -41,12 +41,40 @@ fn authenticator(extra: &str) -> Arc<carebridge::auth::token::Authenticator> {
     authenticator_from(&auth_toml(extra))
 }
 
+/// Every member type sends for an institution of its own: HL7 v2 facility
+/// `ORG-<TYPE>` and import mapping `org-<type>` (a copy of the nursing
+/// service's mapping) are mapped to member `org-<type>`; the shipped
+/// mappings stay unmapped (only integration engines and operators send
+/// for them).
+fn member_institutions() -> (carebridge::ingest::hl7v2::Hl7Config, std::path::PathBuf) {
+    let mut v2 = String::new();
+    for mt in MemberType::ALL {
+        v2.push_str(&format!("[[hl7v2.institution]]\nid = \"v2-{0}\"\nfacilities = [\"ORG-{1}\"]\nmember = \"org-{0}\"\n", mt.as_str(), mt.as_str().to_ascii_uppercase()));
+    }
+    let file: carebridge::config::FileConfig = toml::from_str(&v2).unwrap();
+    let shipped = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"));
+    let dir = std::env::temp_dir().join(format!("carebridge-auth-mappings-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(&shipped).unwrap().flatten() {
+        std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+    }
+    let text = std::fs::read_to_string(shipped.join("pflegedienst-sonnenschein.toml")).unwrap();
+    for mt in MemberType::ALL {
+        let own = text.replacen("[institution]\n", &format!("[institution]\nmember = \"org-{}\"\n", mt.as_str()), 1);
+        std::fs::write(dir.join(format!("org-{}.toml", mt.as_str())), own).unwrap();
+    }
+    (file.hl7v2.to_hl7_config().unwrap(), dir)
+}
+
+/// The HL7 v2 fixture `name` as sent by the facility of member type `mt`.
+fn v2_from(name: &str, mt: MemberType) -> Vec<u8> {
+    let msg = std::fs::read_to_string(fixtures().join("hl7v2").join(name)).unwrap();
+    msg.replacen("|KHNORD^1.2.276.0.76.3.1.999.1^ISO|", &format!("|ORG-{}|", mt.as_str().to_ascii_uppercase()), 1).into_bytes()
+}
+
 async fn start(backend: Backend, extra: &str) -> TestServer {
-    let api = ApiConfig {
-        auth: Some(authenticator(extra)),
-        mappings_dir: Some(std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))),
-        ..Default::default()
-    };
+    let (hl7, mappings) = member_institutions();
+    let api = ApiConfig { auth: Some(authenticator(extra)), mappings_dir: Some(mappings), hl7, ..Default::default() };
     // These tests check the role-policy layer; care relationships and Consent
     // (the next layer, `consent::*`) are switched off: an opt-out region
     // without the care-relationship rule.
@@ -426,7 +454,7 @@ fn body_for(t: &str, id: Option<&str>) -> Value {
     v
 }
 
-async fn cell(s: &TestServer, tok: &str, i: Interaction, t: &str, n: usize) -> Resp {
+async fn cell(s: &TestServer, tok: &str, mt: MemberType, i: Interaction, t: &str, n: usize) -> Resp {
     use Interaction::*;
     let c = client();
     let fhir = "application/fhir+json";
@@ -449,9 +477,10 @@ async fn cell(s: &TestServer, tok: &str, i: Interaction, t: &str, n: usize) -> R
         Link => c.post(s.url("Person/$unlink")).header("content-type", fhir).body(
             json!({"resourceType": "Parameters", "parameter": [{"name": "patient", "valueReference": {"reference": "Patient/m-Patient"}}]}).to_string(),
         ),
-        Hl7v2 => c.post(s.url("hl7v2")).header("content-type", "x-application/hl7-v2+er7").body(std::fs::read(fixtures().join("hl7v2/adt-a01-de.hl7")).unwrap()),
+        // each member sends for its own institution (`member_institutions`)
+        Hl7v2 => c.post(s.url("hl7v2")).header("content-type", "x-application/hl7-v2+er7").body(v2_from("adt-a01-de.hl7", mt)),
         Import => c
-            .post(s.url("import/pflegedienst-sonnenschein?filename=export-2024-03.csv"))
+            .post(s.url(&format!("import/org-{}?filename=export-2024-03.csv", mt.as_str())))
             .header("content-type", "text/csv; charset=utf-8")
             .body(std::fs::read(fixtures().join("import/pflegedienst-sonnenschein/export-2024-03.csv")).unwrap()),
         EvaluateMeasure => c.get(s.url("Measure/m-Measure/$evaluate-measure")),
@@ -498,7 +527,7 @@ async fn role_matrix() {
                 n += 1;
                 let t = if cat == INGEST || cat == SYSTEM { "*" } else { representative(cat) };
                 let allowed = policy.allows_category(mt, i, cat);
-                let r = cell(&s, &tok, i, t, n).await;
+                let r = cell(&s, &tok, mt, i, t, n).await;
                 let mark;
                 if allowed {
                     allowed_total += 1;
@@ -621,6 +650,189 @@ async fn tls_reload_and_client_certificates() {
     }
     assert!(ok, "certificate 2 served after SIGHUP");
     assert!(https_client("tls-server1.crt", None).get(format!("{base}/metadata")).send().await.is_err(), "certificate 1 no longer served");
+    running.stop().await;
+    plain.stop().await;
+}
+
+fn msa_code(ack: &str) -> String {
+    ack.split(['\r', '\n']).find(|s| s.starts_with("MSA")).and_then(|s| s.split('|').nth(1)).unwrap_or("").to_owned()
+}
+
+async fn count(s: &TestServer, tok: &str, query: &str) -> i64 {
+    let r = get_with(s, tok, &format!("{query}{}_summary=count", if query.contains('?') { "&" } else { "?" })).await;
+    assert_eq!(r.status, 200, "{query}: {}", r.text);
+    r.json()["total"].as_i64().unwrap()
+}
+
+/// HL7 v2 and imports are written in the sending member's name: a hospital
+/// sends only for institutions mapped to it (`member`), its records then
+/// name `Organization/<member>` (serviceProvider, Provenance agent) and no
+/// Organization of the institution is written; another member's or an
+/// unmapped institution → 403 with an AR ACK / OperationOutcome, nothing
+/// stored, the refusal audited. Integration engines send for everyone.
+#[tokio::test]
+async fn ingest_only_for_own_institutions() {
+    for b in backends() {
+        let s = start(b, "").await;
+        let (hosp, engine, op) = (token_for(&s, "c-hospital").await, token_for(&s, "c-integration-engine").await, token_for(&s, "c-operator").await);
+        let post_v2 = |tok: String, body: Vec<u8>| {
+            let url = s.url("hl7v2");
+            async move { send(client().post(url).header("content-type", "x-application/hl7-v2+er7").body(body).bearer_auth(tok)).await }
+        };
+        // as another member, or for an unmapped institution: 403, AR, nothing stored
+        for body in [v2_from("adt-a01-de.hl7", MemberType::GpPractice), std::fs::read(fixtures().join("hl7v2/adt-a01-de.hl7")).unwrap()] {
+            let r = post_v2(hosp.clone(), body).await;
+            assert_eq!(r.status, 403, "{}", r.text);
+            assert_eq!(msa_code(&r.text), "AR", "{}", r.text);
+            assert!(r.text.contains("Organization/org-hospital may send only") || r.text.contains("not mapped to a network member"), "{}", r.text);
+        }
+        assert_eq!(count(&s, &op, "Encounter").await, 0, "nothing stored");
+        assert_eq!(count(&s, &op, "AuditEvent?subtype=hl7v2&outcome=4").await, 2, "both refusals audited");
+        for inst in ["org-gp-practice", "pflegedienst-sonnenschein"] {
+            let r = send(
+                client()
+                    .post(s.url(&format!("import/{inst}")))
+                    .header("content-type", "text/csv; charset=utf-8")
+                    .body(std::fs::read(fixtures().join("import/pflegedienst-sonnenschein/export-2024-03.csv")).unwrap())
+                    .bearer_auth(&hosp),
+            )
+            .await;
+            assert_outcome(&r, 403);
+        }
+        assert_eq!(count(&s, &op, "Observation").await, 0, "no import stored");
+
+        // its own institution: stored in its name
+        let r = post_v2(hosp.clone(), v2_from("adt-a01-de.hl7", MemberType::Hospital)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(msa_code(&r.text), "AA");
+        let enc = get_with(&s, &op, "Encounter").await.json();
+        assert_eq!(enc["entry"][0]["resource"]["serviceProvider"]["reference"], "Organization/org-hospital", "{enc}");
+        let prov = get_with(&s, &op, "Provenance").await.json();
+        assert_eq!(prov["entry"][0]["resource"]["agent"][0]["who"]["reference"], "Organization/org-hospital", "{prov}");
+        assert_eq!(count(&s, &op, "Organization?identifier=urn:carebridge:institution|").await, 0, "no institution Organization of its own");
+        let r = send(
+            client()
+                .post(s.url("import/org-hospital"))
+                .header("content-type", "text/csv; charset=utf-8")
+                .body(std::fs::read(fixtures().join("import/pflegedienst-sonnenschein/export-2024-03.csv")).unwrap())
+                .bearer_auth(&hosp),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let prov = get_with(&s, &op, "Provenance?agent=Organization/org-hospital&_summary=count").await.json();
+        assert!(prov["total"].as_i64().unwrap() >= 2, "v2 and import attributed to the member: {prov}");
+
+        // the integration engine sends for any institution
+        let r = post_v2(engine.clone(), std::fs::read(fixtures().join("hl7v2/adt-a01-de.hl7")).unwrap()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(msa_code(&r.text), "AA");
+        s.stop().await;
+    }
+}
+
+async fn mllp_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(sock: &mut S, msg: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    sock.write_all(&carebridge::translate::hl7v2::encode_frame(msg)).await.unwrap();
+    let mut dec = carebridge::translate::hl7v2::MllpDecoder::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        if let Some(f) = dec.next_frame() {
+            return String::from_utf8_lossy(&f.expect("a framed ACK")).into_owned();
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(20), sock.read(&mut buf)).await.expect("ACK in time").unwrap();
+        assert!(n > 0, "connection closed without an ACK");
+        dec.push(&buf[..n]);
+    }
+}
+
+fn tls_connector(identity: bool) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(auth_dir().join("tls-server1.crt")).unwrap()).unwrap();
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let cfg = if identity {
+        let certs = vec![CertificateDer::from_pem_file(auth_dir().join("tls-client.crt")).unwrap()];
+        b.with_client_auth_cert(certs, PrivateKeyDer::from_pem_file(auth_dir().join("tls-client.key")).unwrap()).unwrap()
+    } else {
+        b.with_no_client_auth()
+    };
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+/// MLLP senders (issue 7): plain MLLP only on loopback (an integration
+/// engine on the host, `mllp-loopback`) — `serve` refuses plain MLLP on
+/// any other address; with TLS the sender is the member of its registered
+/// client certificate, which sends only for its own institutions; a
+/// connection without one gets AR for every message; every message leaves
+/// an AuditEvent naming its sender.
+#[tokio::test]
+async fn mllp_senders_tls_and_audit() {
+    use tokio::io::AsyncWriteExt;
+    let plain = TestServer::start(Backend::Sqlite).await;
+    let (hl7, mappings) = member_institutions();
+    let fp = std::fs::read_to_string(auth_dir().join("tls-client.sha256")).unwrap();
+    let toml = auth_toml("").replace(
+        "[[member]]\nid = \"org-hospital\"\ntype = \"hospital\"\n",
+        &format!("[[member]]\nid = \"org-hospital\"\ntype = \"hospital\"\nclient_cert_sha256 = [\"{}\"]\n", fp.trim()),
+    );
+    let section: carebridge::config::AuthSection = toml::from_str(&toml).unwrap();
+    let auth = Arc::new(section.build(&auth_dir()).unwrap());
+    let api = || ApiConfig { auth: Some(auth.clone()), hl7: hl7.clone(), mappings_dir: Some(mappings.clone()), ..Default::default() };
+
+    // plain MLLP off loopback is refused before anything listens
+    let e = carebridge::server::start_full(plain.services.clone(), api(), "127.0.0.1:0", Some("0.0.0.0:0"), None).await.err().expect("refused");
+    assert!(e.to_string().contains("refusing MLLP"), "{e}");
+
+    // plain MLLP on loopback: the host's integration engine
+    let running = carebridge::server::start_full(plain.services.clone(), api(), "127.0.0.1:0", Some("127.0.0.1:0"), None).await.unwrap();
+    let mut sock = tokio::net::TcpStream::connect(running.mllp_addr.unwrap()).await.unwrap();
+    let ack = mllp_exchange(&mut sock, &std::fs::read(fixtures().join("hl7v2/adt-a01-de.hl7")).unwrap()).await;
+    assert_eq!(msa_code(&ack), "AA", "{ack}");
+    // the audit trail, read through the development server on the same store
+    let b = crate::common::get(&plain, "AuditEvent?subtype=hl7v2").await.json();
+    assert_eq!(b["entry"].as_array().map(Vec::len), Some(1), "{b}");
+    assert_eq!(b["entry"][0]["resource"]["agent"][0]["who"]["identifier"]["value"], "mllp-loopback");
+    drop(sock);
+    running.stop().await;
+
+    // MLLP over TLS (loopback here; the only way off loopback)
+    let files = carebridge::server::TlsFiles {
+        cert: auth_dir().join("tls-server1.crt"),
+        key: auth_dir().join("tls-server1.key"),
+        client_ca: Some(auth_dir().join("tls-members-ca.crt")),
+    };
+    let running = carebridge::server::start_full(plain.services.clone(), api(), "127.0.0.1:0", Some("127.0.0.1:0"), Some(files)).await.unwrap();
+    let addr = running.mllp_addr.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    // the hospital's certificate: its own facility AA, another's AR; one connection
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tls_connector(true).connect(name.clone(), tcp).await.expect("TLS with client certificate");
+    let ack = mllp_exchange(&mut tls, &v2_from("adt-a04-de.hl7", MemberType::Hospital)).await;
+    assert_eq!(msa_code(&ack), "AA", "{ack}");
+    let ack = mllp_exchange(&mut tls, &v2_from("adt-a04-de.hl7", MemberType::GpPractice)).await;
+    assert_eq!(msa_code(&ack), "AR", "{ack}");
+    assert!(ack.contains("may send only"), "{ack}");
+    tls.shutdown().await.ok();
+    // no client certificate: AR for every message, nothing stored
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut anon = tls_connector(false).connect(name, tcp).await.expect("TLS without client certificate");
+    for _ in 0..2 {
+        let ack = mllp_exchange(&mut anon, &v2_from("adt-a04-de.hl7", MemberType::Hospital)).await;
+        assert_eq!(msa_code(&ack), "AR", "{ack}");
+        assert!(ack.contains("client certificate"), "{ack}");
+    }
+    // the audit trail: 1 loopback + 1 stored + 1 refused hospital message + 2 anonymous refusals
+    let all = crate::common::get(&plain, "AuditEvent?subtype=hl7v2&_count=50").await.json();
+    let who: Vec<String> = all["entry"].as_array().unwrap().iter().map(|e| e["resource"]["agent"][0]["who"]["identifier"]["value"].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(who.iter().filter(|w| *w == "c-hospital").count(), 2, "{who:?}");
+    assert_eq!(who.iter().filter(|w| *w == "mllp-loopback").count(), 1, "{who:?}");
+    assert_eq!(who.iter().filter(|w| *w == "mllp-unidentified").count(), 2, "{who:?}");
+    let failed = all["entry"].as_array().unwrap().iter().filter(|e| e["resource"]["outcome"] != "0").count();
+    assert_eq!(failed, 3, "{all}");
     running.stop().await;
     plain.stop().await;
 }

@@ -163,6 +163,11 @@ pub struct Mapping {
     /// the institution id (file name without `.toml`); part of every resource id
     pub institution: String,
     pub organization_name: String,
+    /// the network member (`[[auth.member]]` id) the institution belongs to
+    /// (`[institution] member`): when set, the Provenance's agent is
+    /// `Organization/<member>` and no Organization of the institution is
+    /// written (the member's is the network's registry record)
+    pub member: Option<String>,
     /// extra `Organization.identifier` (e.g. the IKNR)
     pub organization_identifier: Option<(String, String)>,
     pub zone: Zone,
@@ -183,10 +188,14 @@ impl std::fmt::Debug for Mapping {
 }
 
 impl Mapping {
-    /// `Organization/<id>` of the institution: the same id the HL7 v2
-    /// translator gives it (`UUIDv5(institution|Organization|institution)`).
+    /// `Organization/<id>` of the institution: the member's id when it is
+    /// mapped to one, else the same id the HL7 v2 translator gives it
+    /// (`UUIDv5(institution|Organization|institution)`).
     pub fn organization_id(&self) -> String {
-        resource_id(&self.institution, "Organization", "institution")
+        match &self.member {
+            Some(m) => m.clone(),
+            None => resource_id(&self.institution, "Organization", "institution"),
+        }
     }
 
     pub fn accepts(&self, f: Format) -> bool {
@@ -437,9 +446,15 @@ impl Mapping {
             resources.push(ResourceDef { name: r.name.get_ref().clone(), rtype: rtype.clone(), key, when, fields });
         }
         let org_identifier = raw.institution.identifier.map(|i| (i.system, i.value));
+        if let Some(m) = &raw.institution.member {
+            if !crate::fhir::is_valid_id(m.get_ref()) {
+                return Err(err(Some(m.span()), format!("[institution] member {:?} is not a FHIR id", m.get_ref())));
+            }
+        }
         Ok(Mapping {
             institution: institution.to_owned(),
             organization_name: raw.institution.name,
+            member: raw.institution.member.map(Spanned::into_inner),
             organization_identifier: org_identifier,
             zone,
             csv,
@@ -518,6 +533,7 @@ struct RawInstitution {
     name: String,
     time_zone: Option<Spanned<String>>,
     identifier: Option<RawIdentifier>,
+    member: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -647,6 +663,18 @@ fields = [
         let e = Mapping::parse("inst-1", "m.toml", GOOD, "s.json", "{\"type\":\"object\",").unwrap_err();
         assert_eq!(e.file, "s.json");
         assert!(Mapping::parse("Inst", "m.toml", GOOD, "s.json", SCHEMA).is_err());
+        let bad = GOOD.replace("name = \"X\"", "name = \"X\"\nmember = \"a b\"");
+        assert_eq!(parse(&bad).unwrap_err().line, Some(3));
+    }
+
+    #[test]
+    fn member_names_the_organization() {
+        let plain = parse(GOOD).unwrap();
+        assert_eq!(plain.member, None);
+        assert_ne!(plain.organization_id(), "pflege-1");
+        let m = parse(&GOOD.replace("name = \"X\"", "name = \"X\"\nmember = \"pflege-1\"")).unwrap();
+        assert_eq!(m.member.as_deref(), Some("pflege-1"));
+        assert_eq!(m.organization_id(), "pflege-1");
     }
 
     #[test]

@@ -469,9 +469,11 @@ impl GroupBuilder {
         let mut entries = Vec::with_capacity(self.resources.len() + 2);
         let mut entry_rows = Vec::with_capacity(self.resources.len() + 2);
         let mut targets = Vec::with_capacity(self.resources.len() + 1);
-        entries.push(entry("Organization", org_id, org.clone()));
-        entry_rows.push(self.rows.clone());
-        targets.push(reference(&format!("Organization/{org_id}")));
+        if m.member.is_none() {
+            entries.push(entry("Organization", org_id, org.clone()));
+            entry_rows.push(self.rows.clone());
+            targets.push(reference(&format!("Organization/{org_id}")));
+        }
         for Built { rtype, id, res, rows } in self.resources {
             targets.push(reference(&format!("{rtype}/{id}")));
             entries.push(entry(&rtype, &id, Value::Object(res)));

@@ -202,6 +202,14 @@ pub struct InstitutionConfig {
     pub identifier_systems: Vec<(String, String)>,
     /// System for PID-3 identifiers that name no assigning authority.
     pub mrn_system: String,
+    /// The network member (its Organization's logical id, `[[auth.member]]`)
+    /// this institution belongs to. When set, every reference to the
+    /// institution (`serviceProvider`, `managingOrganization`, the
+    /// Provenance agent, …) names `Organization/<member>` — so the member
+    /// gets the care relationship and own-records rights of what it sent —
+    /// and the translator writes no Organization of its own (the member's
+    /// Organization is the network's registry record). Not part of any id.
+    pub member: Option<String>,
     /// (institution_id, `Organization/<id>`), computed once; used only
     /// while `institution_id` is still the same (the field is public).
     org_ref: std::sync::OnceLock<(String, String)>,
@@ -219,12 +227,17 @@ impl InstitutionConfig {
             organization_name: None,
             time_zone: Zone::iana("Europe/Berlin").unwrap_or_else(|_| Zone::utc()),
             identifier_systems: Self::german_identifier_systems(),
+            member: None,
             org_ref: std::sync::OnceLock::new(),
         }
     }
 
-    /// `Organization/<id>` of the member institution.
+    /// `Organization/<id>` of the member institution (`Organization/<member>`
+    /// when it is mapped to a network member).
     pub(crate) fn org_ref(&self) -> String {
+        if let Some(m) = &self.member {
+            return format!("Organization/{m}");
+        }
         let make = || {
             ctx::type_id(
                 "Organization",
@@ -394,8 +407,13 @@ pub fn translate(
     })
 }
 
-/// The member institution's Organization (MSH-4 = the sending facility).
+/// The member institution's Organization (MSH-4 = the sending facility);
+/// none when the institution is mapped to a network member (its registry
+/// record is the Organization).
 fn institution(ctx: &mut Ctx<'_, '_>) {
+    if ctx.cfg.member.is_some() {
+        return;
+    }
     let msh = ctx.msg.header();
     let hd = msh.field(4).repetition(1);
     let ns = types::comp(hd.component(1));

@@ -164,7 +164,7 @@ pub async fn services(opts: &ServerOptions) -> Result<Services, ServerError> {
     let registry = registry(opts.package_cache.clone()).await?;
     let (validator, policy) = validator_with_packs(opts.package_cache.clone(), opts.packs.clone()).await?;
     let store = store::open(&opts.database_url).await?;
-    Ok(Services { store, registry, validator, validation: opts.validation, policy, mpi: Arc::new(opts.mpi.clone()), access: Arc::new(opts.access.clone()) })
+    Ok(Services { store, registry, validator, validation: opts.validation, policy, mpi: Arc::new(opts.mpi.clone()), access: Arc::new(opts.access.clone()), facts: Default::default() })
 }
 
 /// A running server (for tests and benchmarks): address and shutdown handle.

@@ -48,4 +48,7 @@ pub struct Services {
     pub mpi: Arc<mpi::MpiConfig>,
     /// read access policy: Consent default, care relationship, break-glass codes (`access.rs`)
     pub access: Arc<access::AccessConfig>,
+    /// the read filter's facts across requests, invalidated by every
+    /// committed change (`access::FactsCache`)
+    pub facts: Arc<access::FactsCache>,
 }

@@ -224,10 +224,31 @@ async fn handle(app: &AppState, req: Request) -> Result<Response, ApiError> {
         };
     }
     let r = Req { method: parts.method.clone(), base, segs, query, headers: parts.headers, body, pretty, caller, audit: record.clone() };
+    // the audit trail is complete before anything reads it (pipeline::audit)
+    if may_read_audit_events(&r) {
+        crate::pipeline::audit::flush(&app.services).await?;
+    }
     let result = route(app, r).await;
     match record {
         Some(rec) => access::audit_after(app, rec, result).await,
         None => result,
+    }
+}
+
+/// Could this request return AuditEvents? AuditEvent reads and searches,
+/// system-level search and history, `$everything`, `$export`, includes
+/// naming AuditEvent and Bundles mentioning it: queued access records are
+/// materialized first (`pipeline::audit::flush`).
+fn may_read_audit_events(r: &Req) -> bool {
+    let first = r.segs.first().map(String::as_str);
+    match first {
+        Some("AuditEvent") => true,
+        Some("_history" | "_search" | "$export") => true,
+        None => r.method == Method::GET || r.body.windows(10).any(|w| w == b"AuditEvent"),
+        Some(_) => {
+            r.segs.iter().any(|s| s == "$everything" || s == "$export")
+                || r.query.iter().any(|(k, v)| (k.starts_with("_include") || k.starts_with("_revinclude")) && v.contains("AuditEvent"))
+        }
     }
 }
 

@@ -41,8 +41,11 @@
 //! `meta.security`; [`Access::break_glass_patients`] lists the patients, for
 //! the response header and the AuditEvent (`purposeOfUse`) the API writes.
 //!
-//! Facts are loaded once per person per request ([`Access`] caches them),
-//! through index-backed queries (see `relationship`).
+//! Facts are loaded through index-backed queries (see `relationship`),
+//! once per person and member: [`Access`] keeps them for the request, and
+//! the process-wide `services::access::FactsCache` across requests until
+//! the next committed change (at most its TTL, 2 s, for changes made by
+//! another replica).
 //!
 //! Invariant: a row leaves a read path only after [`Access::decide`] (or
 //! [`Access::filter`]) permitted it for the request's caller.
@@ -191,7 +194,18 @@ impl<'a> Access<'a> {
             Scope::Member(m) => Some(m.clone()),
             _ => None,
         };
-        let facts = Arc::new(relationship::person_facts(self.services, pid, member.as_deref(), self.now).await?);
+        // across requests: the process-wide cache, valid until the next
+        // committed change (services::access::FactsCache)
+        let key = format!("person\u{1f}{pid}\u{1f}{}", member.as_deref().unwrap_or(""));
+        let facts = match self.services.facts.get::<PersonFacts>(&key) {
+            Some(f) => f,
+            None => {
+                let generation = self.services.facts.generation();
+                let f = Arc::new(relationship::person_facts(self.services, pid, member.as_deref(), datetime::now_micros()).await?);
+                self.services.facts.put(key, generation, f.clone());
+                f
+            }
+        };
         self.persons.insert(pid.to_owned(), facts.clone());
         Ok(facts)
     }
@@ -204,7 +218,16 @@ impl<'a> Access<'a> {
         let set = match self.owned.get(&key) {
             Some(s) => s.clone(),
             None => {
-                let s = Arc::new(relationship::provenance_owned(self.services, &person.records, member).await?);
+                let shared = format!("owned\u{1f}{}\u{1f}{member}", person.records.join(","));
+                let s = match self.services.facts.get::<HashSet<(String, String)>>(&shared) {
+                    Some(s) => s,
+                    None => {
+                        let generation = self.services.facts.generation();
+                        let s = Arc::new(relationship::provenance_owned(self.services, &person.records, member).await?);
+                        self.services.facts.put(shared, generation, s.clone());
+                        s
+                    }
+                };
                 self.owned.insert(key, s.clone());
                 s
             }
@@ -224,6 +247,11 @@ impl<'a> Access<'a> {
             return Ok(Verdict::Permit);
         }
         let Some(member) = member else { return Ok(Verdict::Deny(Denial::PatientLevel)) };
+        // what the member itself created is its own, whatever the
+        // relationship or Consent: decided on the resource alone
+        if source_names_member(res, &member) {
+            return Ok(Verdict::Permit);
+        }
         let member_ref = format!("Organization/{member}");
         let cfg = self.services.access.clone();
         let mut verdict = Verdict::Permit;

@@ -320,6 +320,31 @@ pub async fn read(server: Option<String>, resources: usize, concurrency: usize, 
     }
 }
 
+const GIVEN: [&str; 7] = ["Anna", "Ben", "Cem", "Dora", "Emil", "Frida", "Gus"];
+
+/// A family name of letters only, different for every `k` (phonetic keys
+/// ignore digits, so `Bench1`, `Bench2`, … would all sound alike).
+fn bench_family(k: usize) -> String {
+    const SYL: [&str; 16] = ["ba", "ke", "lo", "mi", "nu", "ra", "se", "ti", "vo", "wu", "xa", "ze", "do", "fi", "gu", "ho"];
+    let mut out = String::from("B");
+    let mut n = k;
+    loop {
+        out.push_str(SYL[n % 16]);
+        n /= 16;
+        if n == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// A birth date between 1971 and 2010, different for neighbouring `k`.
+fn bench_birth_date(k: usize) -> String {
+    let days = (k * 7919) % (39 * 365);
+    let d = crate::fhir::datetime::format_instant((365 + days as i64) * 86_400 * 1_000_000);
+    d[..10].to_owned()
+}
+
 /// One read run; returns the p99 latency in µs.
 async fn read_one(server: Option<String>, resources: usize, concurrency: usize, seconds: u64, auth: bool) -> Result<u64, String> {
     let (t, token) = if auth {
@@ -335,8 +360,10 @@ async fn read_one(server: Option<String>, resources: usize, concurrency: usize, 
         let entries: Vec<Value> = (0..n)
             .map(|i| {
                 let k = chunk_start + i;
+                // distinct people: the MPI must not see one person ten thousand times
                 json!({"resource": {"resourceType": "Patient", "identifier": [{"system": "urn:bench", "value": k.to_string()}],
-                    "name": [{"family": format!("Bench{k}"), "given": ["Pat"]}], "gender": "female", "birthDate": "1970-01-01"},
+                    "name": [{"family": bench_family(k), "given": [GIVEN[k % GIVEN.len()]]}],
+                    "gender": if k % 2 == 0 { "female" } else { "male" }, "birthDate": bench_birth_date(k)},
                     "request": {"method": "POST", "url": "Patient"}})
             })
             .collect();

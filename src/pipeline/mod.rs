@@ -615,6 +615,8 @@ impl<'a> Pipeline<'a> {
             let w = audit::change_record(self.services, &rec, &writes, status, now)?;
             writes.push(w);
         }
+        // anything but audit records may change what the read filter derives
+        let changes_facts = !changes.is_empty() || !patient_changes.is_empty();
         if !writes.is_empty() {
             tx.write(writes).await?;
         }
@@ -622,6 +624,9 @@ impl<'a> Pipeline<'a> {
         // subscription outbox rows: in this same transaction as the change
         let events = crate::subscription::outbox::record(self.services, tx.as_mut(), &changes, self.caller.as_ref(), now).await?;
         tx.commit().await?;
+        if changes_facts {
+            self.services.facts.bump();
+        }
         if events > 0 {
             crate::subscription::deliver::wake();
         }
@@ -650,6 +655,7 @@ impl<'a> Pipeline<'a> {
             tx.write(vec![audit::change_record(self.services, rec, &[], 200, now)?]).await?;
         }
         tx.commit().await?;
+        self.services.facts.bump(); // links decide whose records are one person's
         Ok(msg)
     }
 

@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres-4-auth.sql"),
     include_str!("migrations/postgres-5-subscription.sql"),
     include_str!("migrations/postgres-6-compartment.sql"),
+    include_str!("migrations/postgres-7-audit-queue.sql"),
 ];
 
 pub struct PgStore {

@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite-4-auth.sql"),
     include_str!("migrations/sqlite-5-subscription.sql"),
     include_str!("migrations/sqlite-6-compartment.sql"),
+    include_str!("migrations/sqlite-7-audit-queue.sql"),
 ];
 
 pub struct SqliteStore {

@@ -836,3 +836,58 @@ async fn mllp_senders_tls_and_audit() {
     running.stop().await;
     plain.stop().await;
 }
+
+/// Read audits go through the write-behind queue: durable as a queue row
+/// before the answer, turned into AuditEvent resources in the background
+/// once the sink is idle (no reader needed), deleted from the queue in that
+/// transaction; rows left by an earlier run are materialized too.
+#[tokio::test]
+async fn audit_queue_materializes_in_the_background() {
+    for b in backends() {
+        let s = start(b, "").await;
+        let hosp = token_for(&s, "c-hospital").await;
+        let o = json!({"resourceType": "Observation", "id": "q1", "status": "final", "code": {"text": "x"}});
+        assert!(send(client().put(s.url("Observation/q1")).bearer_auth(&hosp).header("content-type", "application/fhir+json").body(o.to_string())).await.status < 300);
+        for _ in 0..5 {
+            assert_eq!(get_with(&s, &hosp, "Observation/q1").await.status, 200);
+        }
+        let queued = |s: &TestServer| {
+            let store = s.services.store.clone();
+            async move { store.rows(carebridge::store::Sql::new("SELECT seq FROM audit_queue")).await.unwrap().len() }
+        };
+        let stored = |s: &TestServer| {
+            let store = s.services.store.clone();
+            async move {
+                store.rows(carebridge::store::Sql::new("SELECT id FROM resources WHERE rtype = 'AuditEvent' AND deleted = 0")).await.unwrap().len()
+            }
+        };
+        // idle: the background materializer empties the queue without any reader
+        let mut left = usize::MAX;
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            left = queued(&s).await;
+            if left == 0 {
+                break;
+            }
+        }
+        assert_eq!(left, 0, "queue drained in the background");
+        // token + 1 change + 5 reads (the token request is not a FHIR access)
+        let n = stored(&s).await;
+        assert!(n >= 6, "{n} AuditEvents stored");
+        // a row left behind (as by a crash after commit) becomes an AuditEvent on materialize
+        let ae = json!({"resourceType": "AuditEvent", "id": "left-behind", "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00Z"},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"}, "recorded": "2026-01-01T00:00:00Z",
+            "agent": [{"requestor": true, "who": {"display": "x"}}], "source": {"observer": {"display": "carebridge"}}});
+        let mut tx = s.services.store.begin().await.unwrap();
+        let mut sql = carebridge::store::Sql::new("INSERT INTO audit_queue (id, recorded, body) VALUES ('left-behind', 0, ");
+        sql.text_param(ae.to_string()).push(")");
+        tx.execute(sql).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(carebridge::pipeline::audit::materialize(&s.services).await.unwrap(), 1);
+        assert_eq!(queued(&s).await, 0);
+        assert_eq!(stored(&s).await, n + 1);
+        let op = token_for(&s, "c-operator").await;
+        assert_eq!(get_with(&s, &op, "AuditEvent/left-behind").await.status, 200);
+        s.stop().await;
+    }
+}

@@ -158,6 +158,7 @@ impl TestServer {
             policy,
             mpi: Default::default(),
             access: Arc::new(access),
+            facts: Default::default(),
         };
         let running = server::start_with_mllp(services.clone(), api, "127.0.0.1:0", mllp.then_some("127.0.0.1:0"))
             .await

@@ -299,6 +299,7 @@ async fn cli_import_into_server_and_store() {
         policy: Default::default(),
         mpi: Default::default(),
         access: Default::default(),
+        facts: Default::default(),
     };
     let running = carebridge::server::start(services, ApiConfig::default(), "127.0.0.1:0").await.unwrap();
     let base = running.base_url();
@@ -365,6 +366,7 @@ fields = [
         policy: Default::default(),
         mpi: Default::default(),
         access: Default::default(),
+        facts: Default::default(),
     };
     let api = ApiConfig { mappings_dir: Some(dir.path().to_owned()), ..Default::default() };
     let err = carebridge::server::start(services, api, "127.0.0.1:0").await.err().expect("start-up error").to_string();

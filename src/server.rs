@@ -313,9 +313,9 @@ fn reload_on_sighup(files: TlsFiles, cfg: Arc<rustls::ServerConfig>) -> Arc<std:
 /// names must be a configured member (a typo would attribute its data to
 /// nobody).
 fn check_members(auth: &crate::auth::token::Authenticator, hl7: &Hl7Config, import: &Mappings) -> Result<(), ServerError> {
-    let v2 = hl7.institutions.values().filter_map(|i| i.member.as_deref().map(|m| (i.institution_id.as_str(), m)));
-    let files = import.institutions().into_iter().filter_map(|i| import.get(i).and_then(|m| m.member.clone()).map(|m| (i, m)));
-    for (inst, m) in v2.map(|(i, m)| (i.to_owned(), m.to_owned())).chain(files.map(|(i, m)| (i.to_owned(), m))) {
+    let v2 = hl7.institutions.values().filter_map(|i| Some((i.institution_id.clone(), i.member.clone()?)));
+    let files = import.institutions().into_iter().filter_map(|i| Some((i.to_owned(), import.get(i)?.member.clone()?)));
+    for (inst, m) in v2.chain(files) {
         if auth.member_type(&m).is_none() {
             return Err(ServerError::UnknownMember(inst, m));
         }
@@ -341,10 +341,7 @@ async fn serve_tls(listener: tokio::net::TcpListener, app: axum::Router, current
         let app = app.clone();
         tokio::spawn(async move {
             let Ok(stream) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await else { return };
-            let fp = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| {
-                use sha2::Digest;
-                sha2::Sha256::digest(c.as_ref()).iter().map(|b| format!("{b:02x}")).collect::<String>()
-            });
+            let fp = crate::auth::token::peer_fingerprint(stream.get_ref().1);
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(crate::api::access::PeerCert(fp.clone()));
                 let mut app = app.clone();

@@ -14,7 +14,6 @@
 use super::error::ApiError;
 use super::{AppState, Req};
 use crate::ingest::hl7v2::handle_for;
-use crate::translate::hl7v2::AckCode;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 
@@ -25,12 +24,7 @@ pub async fn post(app: &AppState, r: &Req) -> Result<Response, ApiError> {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, crate::fhir::IssueType::Required, "POST /hl7v2 needs an HL7 v2 message body"));
     }
     let out = handle_for(&app.services, &app.hl7, &r.body, Some(&r.caller), r.audit.clone()).await;
-    let status = match out.code {
-        _ if out.forbidden => StatusCode::FORBIDDEN,
-        AckCode::AA | AckCode::CA => StatusCode::OK,
-        AckCode::AE | AckCode::CE => StatusCode::UNPROCESSABLE_ENTITY,
-        _ => StatusCode::BAD_REQUEST,
-    };
+    let status = StatusCode::from_u16(out.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     let multipart = r
         .headers
         .get(header::ACCEPT)

@@ -197,15 +197,7 @@ impl<'a> Access<'a> {
         // across requests: the process-wide cache, valid until the next
         // committed change (services::access::FactsCache)
         let key = format!("person\u{1f}{pid}\u{1f}{}", member.as_deref().unwrap_or(""));
-        let facts = match self.services.facts.get::<PersonFacts>(&key) {
-            Some(f) => f,
-            None => {
-                let generation = self.services.facts.generation();
-                let f = Arc::new(relationship::person_facts(self.services, pid, member.as_deref(), datetime::now_micros()).await?);
-                self.services.facts.put(key, generation, f.clone());
-                f
-            }
-        };
+        let facts = self.services.facts.get_or_load(key, relationship::person_facts(self.services, pid, member.as_deref(), datetime::now_micros())).await?;
         self.persons.insert(pid.to_owned(), facts.clone());
         Ok(facts)
     }
@@ -219,15 +211,7 @@ impl<'a> Access<'a> {
             Some(s) => s.clone(),
             None => {
                 let shared = format!("owned\u{1f}{}\u{1f}{member}", person.records.join(","));
-                let s = match self.services.facts.get::<HashSet<(String, String)>>(&shared) {
-                    Some(s) => s,
-                    None => {
-                        let generation = self.services.facts.generation();
-                        let s = Arc::new(relationship::provenance_owned(self.services, &person.records, member).await?);
-                        self.services.facts.put(shared, generation, s.clone());
-                        s
-                    }
-                };
+                let s = self.services.facts.get_or_load(shared, relationship::provenance_owned(self.services, &person.records, member)).await?;
                 self.owned.insert(key, s.clone());
                 s
             }

@@ -92,6 +92,14 @@ pub struct ClientReg {
     pub client_cert_sha256: Vec<String>,
 }
 
+/// The SHA-256 fingerprint (lower-case hex, what `client_cert_sha256`
+/// lists) of the first certificate a TLS peer presented, if any.
+pub fn peer_fingerprint(conn: &rustls::ServerConnection) -> Option<String> {
+    use sha2::Digest;
+    let cert = conn.peer_certificates()?.first()?;
+    Some(sha2::Sha256::digest(cert.as_ref()).iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The gateway's access-token signing key (ES256).
 pub struct GatewayKey {
     pub kid: String,

@@ -60,6 +60,19 @@ pub struct Hl7Outcome {
     pub forbidden: bool,
 }
 
+impl Hl7Outcome {
+    /// The HTTP status of the answer (also the audit record's): 200 `AA`,
+    /// 422 `AE`, 400 `AR`, 403 for a sender refused for the institution.
+    pub fn http_status(&self) -> u16 {
+        match self.code {
+            _ if self.forbidden => 403,
+            AckCode::AA | AckCode::CA => 200,
+            AckCode::AE | AckCode::CE => 422,
+            _ => 400,
+        }
+    }
+}
+
 /// v2 timestamp for MSH-7 of the ACK (UTC).
 pub fn v2_now() -> String {
     let iso = datetime::format_instant(datetime::now_micros()); // 2026-11-23T10:00:00.000Z

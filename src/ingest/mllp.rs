@@ -54,13 +54,18 @@ pub const LOOPBACK_CLIENT: &str = "mllp-loopback";
 /// The client a refused TLS connection's messages are audited under.
 pub const UNIDENTIFIED_CLIENT: &str = "mllp-unidentified";
 
+/// An integration engine known only by the transport (`client_id`).
+fn transport_caller(client_id: &str) -> Caller {
+    Caller { client_id: client_id.into(), member: None, member_type: MemberType::IntegrationEngine, scopes: vec![], purpose_of_use: None }
+}
+
 fn loopback_caller() -> Caller {
-    Caller { client_id: LOOPBACK_CLIENT.into(), member: None, member_type: MemberType::IntegrationEngine, scopes: vec![], purpose_of_use: None }
+    transport_caller(LOOPBACK_CLIENT)
 }
 
 /// Only ever audited, never allowed to write.
 fn unidentified() -> Caller {
-    Caller { client_id: UNIDENTIFIED_CLIENT.into(), member: None, member_type: MemberType::IntegrationEngine, scopes: vec![], purpose_of_use: None }
+    transport_caller(UNIDENTIFIED_CLIENT)
 }
 
 /// The sender of a TLS connection: the registered client of the
@@ -112,10 +117,7 @@ pub async fn serve_tls(listener: TcpListener, ctx: MllpContext, tls: Arc<std::sy
                     return;
                 }
             };
-            let fp = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| {
-                use sha2::Digest;
-                sha2::Sha256::digest(c.as_ref()).iter().map(|b| format!("{b:02x}")).collect::<String>()
-            });
+            let fp = crate::auth::token::peer_fingerprint(stream.get_ref().1);
             let caller = match &ctx.auth {
                 Some(a) => tls_caller(a, fp.as_deref()),
                 None => Ok(loopback_caller()), // a development server: loopback only
@@ -162,12 +164,10 @@ async fn answer(ctx: &MllpContext, caller: &Result<Caller, String>, msg: &[u8]) 
         }
         Ok(c) => {
             let out = handle_for(&ctx.services, &ctx.hl7, msg, Some(c), rec.clone()).await;
-            let status = match out.code {
-                _ if out.forbidden => 403,
-                AckCode::AA | AckCode::CA => return Some(out.ack), // audited in the message's transaction
-                AckCode::AE | AckCode::CE => 422,
-                _ => 400,
-            };
+            let status = out.http_status();
+            if status < 300 {
+                return Some(out.ack); // audited in the message's transaction
+            }
             let failure = out.ack.split('\r').find(|s| s.starts_with("ERR")).map(|s| s.chars().take(200).collect());
             (out.ack, status, failure)
         }

@@ -31,18 +31,29 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-/// The AuditEvent of `rec` as a version write (new id, version 1).
-pub fn audit_write(services: &Services, rec: &AccessRecord, now: i64) -> Result<VersionWrite, PipelineError> {
+/// The finished AuditEvent of `rec`: a new id, `meta` and `recorded` at `now`.
+fn finished_event(rec: &AccessRecord, now: i64) -> (String, Value) {
     let recorded = datetime::format_instant(now);
     let mut ae = audit_event(rec, &recorded);
     let id = uuid::Uuid::new_v4().to_string();
     if let Some(obj) = ae.as_object_mut() {
         json::set_server_fields(obj, &id, 1, &recorded);
     }
-    let index = services.registry.index("AuditEvent", &ae);
+    (id, ae)
+}
+
+/// The version write of a finished AuditEvent (`body` its bytes), indexed.
+fn event_write(services: &Services, id: String, ae: &Value, body: Bytes, last_updated: i64) -> VersionWrite {
+    let index = services.registry.index("AuditEvent", ae);
+    VersionWrite { rtype: "AuditEvent".into(), id, version: 1, last_updated, method: WriteMethod::Post, body: Some(body), index }
+}
+
+/// The AuditEvent of `rec` as a version write (new id, version 1).
+pub fn audit_write(services: &Services, rec: &AccessRecord, now: i64) -> Result<VersionWrite, PipelineError> {
+    let (id, ae) = finished_event(rec, now);
     let body = serde_json::to_vec(&ae)
         .map_err(|e| PipelineError::BadRequest(OperationOutcome::error(IssueType::Exception, format!("audit record: {e}"))))?;
-    Ok(VersionWrite { rtype: "AuditEvent".into(), id, version: 1, last_updated: now, method: WriteMethod::Post, body: Some(Bytes::from(body)), index })
+    Ok(event_write(services, id, &ae, Bytes::from(body), now))
 }
 
 /// The AuditEvent of a change: `rec` with the written versions as data and
@@ -176,12 +187,7 @@ impl AuditSink {
 
 /// The finished AuditEvent of `rec`: (id, JSON text).
 fn event_text(rec: &AccessRecord, now: i64) -> Result<(String, String), String> {
-    let recorded = datetime::format_instant(now);
-    let mut ae = audit_event(rec, &recorded);
-    let id = uuid::Uuid::new_v4().to_string();
-    if let Some(obj) = ae.as_object_mut() {
-        json::set_server_fields(obj, &id, 1, &recorded);
-    }
+    let (id, ae) = finished_event(rec, now);
     serde_json::to_string(&ae).map(|t| (id, t)).map_err(|e| format!("audit record: {e}"))
 }
 
@@ -231,8 +237,7 @@ pub async fn materialize(services: &Services) -> Result<usize, StoreError> {
             }
             del.int_param(seq);
             let ae: Value = serde_json::from_str(body).map_err(|e| StoreError::Backend(format!("audit_queue row {seq}: {e}")))?;
-            let index = services.registry.index("AuditEvent", &ae);
-            writes.push(VersionWrite { rtype: "AuditEvent".into(), id: id.to_owned(), version: 1, last_updated: recorded, method: WriteMethod::Post, body: Some(Bytes::from(body.to_owned())), index });
+            writes.push(event_write(services, id.to_owned(), &ae, Bytes::from(body.to_owned()), recorded));
         }
         del.push(")");
         let n = writes.len();

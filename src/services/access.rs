@@ -114,6 +114,23 @@ impl FactsCache {
         e.value.clone().downcast::<T>().ok()
     }
 
+    /// The value under `key`, or the one `load` produces — stamped with the
+    /// generation read before `load` runs, so a change committed meanwhile
+    /// keeps it out of the cache.
+    pub async fn get_or_load<T, E, F>(&self, key: String, load: F) -> Result<std::sync::Arc<T>, E>
+    where
+        T: std::any::Any + Send + Sync,
+        F: std::future::Future<Output = Result<T, E>>,
+    {
+        if let Some(v) = self.get::<T>(&key) {
+            return Ok(v);
+        }
+        let generation = self.generation();
+        let v = std::sync::Arc::new(load.await?);
+        self.put(key, generation, v.clone());
+        Ok(v)
+    }
+
     /// Keep `value`, loaded under `generation` (from [`FactsCache::generation`]
     /// before the loading queries); nothing is kept when a change has been
     /// committed since.

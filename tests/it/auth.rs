@@ -238,9 +238,7 @@ async fn rate_limit_answers_429() {
 
 /// AuditEvents of the REST access audit (not the MPI's link decisions).
 async fn rest_audit_count(s: &TestServer, op: &str) -> i64 {
-    let r = get_with(s, op, "AuditEvent?type=http://terminology.hl7.org/CodeSystem/audit-event-type|rest&_summary=count").await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json()["total"].as_i64().unwrap()
+    count(s, op, "AuditEvent?type=http://terminology.hl7.org/CodeSystem/audit-event-type|rest").await
 }
 
 #[tokio::test]
@@ -654,10 +652,6 @@ async fn tls_reload_and_client_certificates() {
     plain.stop().await;
 }
 
-fn msa_code(ack: &str) -> String {
-    ack.split(['\r', '\n']).find(|s| s.starts_with("MSA")).and_then(|s| s.split('|').nth(1)).unwrap_or("").to_owned()
-}
-
 async fn count(s: &TestServer, tok: &str, query: &str) -> i64 {
     let r = get_with(s, tok, &format!("{query}{}_summary=count", if query.contains('?') { "&" } else { "?" })).await;
     assert_eq!(r.status, 200, "{query}: {}", r.text);
@@ -683,7 +677,7 @@ async fn ingest_only_for_own_institutions() {
         for body in [v2_from("adt-a01-de.hl7", MemberType::GpPractice), std::fs::read(fixtures().join("hl7v2/adt-a01-de.hl7")).unwrap()] {
             let r = post_v2(hosp.clone(), body).await;
             assert_eq!(r.status, 403, "{}", r.text);
-            assert_eq!(msa_code(&r.text), "AR", "{}", r.text);
+            assert_eq!(crate::hl7v2_ingest::msa(&r.text), "AR", "{}", r.text);
             assert!(r.text.contains("Organization/org-hospital may send only") || r.text.contains("not mapped to a network member"), "{}", r.text);
         }
         assert_eq!(count(&s, &op, "Encounter").await, 0, "nothing stored");
@@ -704,7 +698,7 @@ async fn ingest_only_for_own_institutions() {
         // its own institution: stored in its name
         let r = post_v2(hosp.clone(), v2_from("adt-a01-de.hl7", MemberType::Hospital)).await;
         assert_eq!(r.status, 200, "{}", r.text);
-        assert_eq!(msa_code(&r.text), "AA");
+        assert_eq!(crate::hl7v2_ingest::msa(&r.text), "AA");
         let enc = get_with(&s, &op, "Encounter").await.json();
         assert_eq!(enc["entry"][0]["resource"]["serviceProvider"]["reference"], "Organization/org-hospital", "{enc}");
         let prov = get_with(&s, &op, "Provenance").await.json();
@@ -725,7 +719,7 @@ async fn ingest_only_for_own_institutions() {
         // the integration engine sends for any institution
         let r = post_v2(engine.clone(), std::fs::read(fixtures().join("hl7v2/adt-a01-de.hl7")).unwrap()).await;
         assert_eq!(r.status, 200, "{}", r.text);
-        assert_eq!(msa_code(&r.text), "AA");
+        assert_eq!(crate::hl7v2_ingest::msa(&r.text), "AA");
         s.stop().await;
     }
 }
@@ -791,7 +785,7 @@ async fn mllp_senders_tls_and_audit() {
     let running = carebridge::server::start_full(plain.services.clone(), api(), "127.0.0.1:0", Some("127.0.0.1:0"), None).await.unwrap();
     let mut sock = tokio::net::TcpStream::connect(running.mllp_addr.unwrap()).await.unwrap();
     let ack = mllp_exchange(&mut sock, &std::fs::read(fixtures().join("hl7v2/adt-a01-de.hl7")).unwrap()).await;
-    assert_eq!(msa_code(&ack), "AA", "{ack}");
+    assert_eq!(crate::hl7v2_ingest::msa(&ack), "AA", "{ack}");
     // the audit trail, read through the development server on the same store
     let b = crate::common::get(&plain, "AuditEvent?subtype=hl7v2").await.json();
     assert_eq!(b["entry"].as_array().map(Vec::len), Some(1), "{b}");
@@ -812,9 +806,9 @@ async fn mllp_senders_tls_and_audit() {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut tls = tls_connector(true).connect(name.clone(), tcp).await.expect("TLS with client certificate");
     let ack = mllp_exchange(&mut tls, &v2_from("adt-a04-de.hl7", MemberType::Hospital)).await;
-    assert_eq!(msa_code(&ack), "AA", "{ack}");
+    assert_eq!(crate::hl7v2_ingest::msa(&ack), "AA", "{ack}");
     let ack = mllp_exchange(&mut tls, &v2_from("adt-a04-de.hl7", MemberType::GpPractice)).await;
-    assert_eq!(msa_code(&ack), "AR", "{ack}");
+    assert_eq!(crate::hl7v2_ingest::msa(&ack), "AR", "{ack}");
     assert!(ack.contains("may send only"), "{ack}");
     tls.shutdown().await.ok();
     // no client certificate: AR for every message, nothing stored
@@ -822,7 +816,7 @@ async fn mllp_senders_tls_and_audit() {
     let mut anon = tls_connector(false).connect(name, tcp).await.expect("TLS without client certificate");
     for _ in 0..2 {
         let ack = mllp_exchange(&mut anon, &v2_from("adt-a04-de.hl7", MemberType::Hospital)).await;
-        assert_eq!(msa_code(&ack), "AR", "{ack}");
+        assert_eq!(crate::hl7v2_ingest::msa(&ack), "AR", "{ack}");
         assert!(ack.contains("client certificate"), "{ack}");
     }
     // the audit trail: 1 loopback + 1 stored + 1 refused hospital message + 2 anonymous refusals

@@ -15,7 +15,8 @@ async fn post_v2(s: &TestServer, body: Vec<u8>) -> Resp {
     send(client().post(s.url("hl7v2")).header("content-type", "x-application/hl7-v2+er7").body(body)).await
 }
 
-fn msa(ack: &str) -> String {
+/// MSA-1 of an ACK.
+pub fn msa(ack: &str) -> String {
     ack.split(['\r', '\n']).find(|l| l.starts_with("MSA|")).unwrap_or("").split('|').nth(1).unwrap_or("").to_owned()
 }
 
